@@ -1,0 +1,87 @@
+"""Helpers shared by config modules (plain data: no jax, no tensorflow).
+
+`parse_arg("variant=S/16,runlocal", variant="B/16", runlocal=False)` turns the
+`:arg` suffix of `--config big_vision/configs/X.py:arg` into a ConfigDict:
+a bare name sets a bool default to True; `key=value` is converted to the type
+of the default. Unknown keys are an error naming the valid ones.
+"""
+import difflib
+
+import ml_collections
+
+
+def parse_arg(arg, lazy=False, **spec):
+  """Parses 'a=1,b,c=x' against defaults in `spec` (types follow defaults)."""
+  config = ml_collections.ConfigDict(spec)
+  if not arg:
+    return config
+  for item in str(arg).split(","):
+    item = item.strip()
+    if not item:
+      continue
+    key, eq, value = item.partition("=")
+    if key not in spec:
+      if lazy:
+        config[key] = value if eq else True
+        continue
+      close = difflib.get_close_matches(key, list(spec), n=1)
+      hint = f" Did you mean {close[0]!r}?" if close else ""
+      raise ValueError(f"Unknown config arg {key!r} in {arg!r}.{hint} "
+                       f"Valid args: {', '.join(sorted(spec))}.")
+    default = spec[key]
+    if not eq:
+      if not isinstance(default, bool):
+        raise ValueError(f"Config arg {key!r} needs a value ({key}=...).")
+      config[key] = True
+    elif isinstance(default, bool):
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"Config arg {key}={value!r} must be true or false.")
+      config[key] = value.lower() in ("true", "1")
+    elif isinstance(default, int):
+      config[key] = int(value)
+    elif isinstance(default, float):
+      config[key] = float(value)
+    else:
+      config[key] = value
+  return config
+
+
+DIGITS_PP_TRAIN = ("decode|resize({res})|value_range(-1, 1)"
+                   "|onehot(10, key='label', key_result='labels')"
+                   "|keep('image', 'labels')")
+DIGITS_PP_EVAL = DIGITS_PP_TRAIN
+
+
+def digits_input(res=32, batch_size=128):
+  """The embedded digits data (1,500 train / 297 test), as a config block."""
+  return ml_collections.ConfigDict(dict(
+      data=dict(name="digits", split="train"),
+      batch_size=batch_size,
+      shuffle_buffer_size=1500,
+      pp=DIGITS_PP_TRAIN.format(res=res),
+  ))
+
+
+def digits_eval(res=32, log_steps=100, batch_size=128):
+  """Classification eval on the held-out digits writers."""
+  return dict(type="classification", data=dict(name="digits", split="test"),
+              pp_fn=DIGITS_PP_EVAL.format(res=res), batch_size=batch_size,
+              log_steps=log_steps)
+
+
+def runlocal_shrink(config, *, res=32, steps=2, batch_size=16):
+  """Shrinks a real recipe to a few steps on the embedded digits data.
+
+  Keeps the recipe's model family, optimizer and schedule types, so that a
+  2-step run exercises the same code as the full run (no config can rot).
+  """
+  config.input = digits_input(res=res, batch_size=batch_size)
+  config.num_classes = 10
+  config.total_steps = steps
+  config.pop("total_epochs", None)
+  config.log_training_steps = 1
+  config.ckpt_steps = steps
+  config.evals = ml_collections.ConfigDict()
+  config.evals.test = digits_eval(res=res, log_steps=steps,
+                                  batch_size=batch_size)
+  return config

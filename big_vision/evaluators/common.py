@@ -1,0 +1,134 @@
+"""Evaluator registry and scheduling, shared by train.py and tools/eval_only.py.
+
+Config:
+  config.evals.val = dict(type="classification", log_steps=1000,
+                          data=dict(name="digits", split="test"),
+                          pp_fn="decode|...", batch_size=256)
+
+`type` names a module `big_vision.evaluators.<type>` that defines
+`Evaluator(predict_fn, *, mesh, **kw)` with `run(train_state)` yielding
+`(metric_name, value)`. Scheduling keys (`log_steps` | `log_percent` |
+`log_epochs`, `skip_first`, `prefix`, `use_ema`) are consumed here; every
+other key is passed to the Evaluator, so a typo there is a TypeError naming the
+evaluator, raised when evaluators are built (before training starts).
+"""
+import dataclasses
+import importlib
+import inspect
+import pkgutil
+from typing import Any, Callable, Iterator
+
+import jax
+import numpy as np
+
+from big_vision import utils
+
+SCHEDULING_KEYS = ("type", "log_steps", "log_percent", "log_epochs",
+                   "log_examples", "skip_first", "prefix", "use_ema")
+
+
+def available_types() -> list[str]:
+  import big_vision.evaluators as pkg  # pylint: disable=g-import-not-at-top
+  return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)
+                if m.name not in ("common",) and not m.name.startswith("_"))
+
+
+def get_evaluator_module(type_name: str, where: str = "config.evals"):
+  if type_name not in available_types():
+    raise utils.unknown_name_error("evaluator type", type_name,
+                                   available_types(), where=where)
+  return importlib.import_module(f"big_vision.evaluators.{type_name}")
+
+
+@dataclasses.dataclass
+class ScheduledEvaluator:
+  name: str
+  evaluator: Any
+  every: int
+  skip_first: bool
+  prefix: str
+  use_ema: bool
+
+  def due(self, step: int, first_step: int, total_steps: int) -> bool:
+    """At its period, at the end, and at the first step unless skip_first."""
+    if step == total_steps:
+      return True
+    if step == first_step:
+      return not self.skip_first and first_step == 0
+    return self.every > 0 and step % self.every == 0
+
+  def run(self, train_state) -> Iterator[tuple[str, float]]:
+    if self.use_ema:
+      if "ema_params" not in train_state:
+        raise ValueError(f"Evaluator {self.name!r} has use_ema=True but the "
+                         "run has no config.ema_decay.")
+      train_state = {**train_state, "params": train_state["ema_params"]}
+    for key, value in self.evaluator.run(train_state):
+      yield f"{self.prefix}{key}", value
+
+
+def check_config(eval_config, where: str) -> tuple[Any, dict]:
+  """Validates one evaluator's config without building it (no data read)."""
+  cfg = dict(eval_config)
+  if "type" not in cfg:
+    raise ValueError(f"{where} needs a 'type'. Valid types: "
+                     f"{', '.join(available_types())}.")
+  module = get_evaluator_module(cfg["type"], where=f"{where}.type")
+  kwargs = {k: v for k, v in cfg.items() if k not in SCHEDULING_KEYS}
+  sig = inspect.signature(module.Evaluator)
+  if not any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
+    valid = [n for n in sig.parameters if n not in ("predict_fn", "mesh")]
+    for k in kwargs:
+      if k not in sig.parameters:
+        raise utils.unknown_name_error(f"key for evaluator type {cfg['type']!r}",
+                                       k, valid, where=where)
+  return module, kwargs
+
+
+def from_config(config, predict_fn: Callable, mesh, *, total_steps: int,
+                steps_per_epoch: float | None = None,
+                batch_size: int | None = None) -> list[ScheduledEvaluator]:
+  """Builds every evaluator of `config.evals`."""
+  out = []
+  for name, eval_config in (config.get("evals") or {}).items():
+    where = f"config.evals.{name}"
+    module, kwargs = check_config(eval_config, where)
+    cfg = dict(eval_config)
+    every = utils.steps("log", cfg, data_size=(
+        None if steps_per_epoch is None else steps_per_epoch * (batch_size or 1)),
+                        batch_size=batch_size, total_steps=total_steps,
+                        default=0)
+    evaluator = module.Evaluator(predict_fn, mesh=mesh, **kwargs)
+    out.append(ScheduledEvaluator(
+        name=name, evaluator=evaluator, every=every,
+        skip_first=bool(cfg.get("skip_first", False)),
+        prefix=cfg.get("prefix", f"{name}/"),
+        use_ema=bool(cfg.get("use_ema", False))))
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Shared by evaluators that loop over an inference split.
+# ----------------------------------------------------------------------------
+def eval_batches(data, pp_fn, batch_size: int, mesh,
+                 cache_final: bool = False) -> Iterator[dict]:
+  """Global, device-resident batches; each example once, padded ones masked."""
+  from big_vision import input_pipeline  # pylint: disable=g-import-not-at-top
+  from big_vision import sharding  # pylint: disable=g-import-not-at-top
+  shards = sharding.num_data_shards(mesh)
+  if batch_size % shards:
+    raise ValueError(f"Evaluator batch_size {batch_size} is not divisible by "
+                     f"the {shards} data shards of the mesh.")
+  batches, _ = input_pipeline.make_for_inference(
+      dict(data), pp_fn, batch_size, cache_final=cache_final)
+  data_sharding = sharding.data_sharding(mesh)
+  for batch in batches:
+    yield input_pipeline.to_global(batch, data_sharding)
+
+
+def to_host(x) -> np.ndarray:
+  """Gathers a (possibly multi-host sharded) array onto every host."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    x = multihost_utils.process_allgather(x, tiled=True)
+  return np.asarray(x)

@@ -1,0 +1,198 @@
+"""Small helpers shared by every layer: tree names, step arithmetic, progress.
+
+Imports only numpy and jax (no tensorflow, no flax), so that models, the
+optimizer and tools can all use it.
+"""
+import dataclasses
+import difflib
+import re
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+
+# ----------------------------------------------------------------------------
+# Errors a user can act on.
+# ----------------------------------------------------------------------------
+def unknown_name_error(kind: str, name: Any, valid: Iterable[str],
+                       where: str = "") -> ValueError:
+  """A ValueError naming the bad value, a close match and the valid choices."""
+  valid = sorted(set(map(str, valid)))
+  close = difflib.get_close_matches(str(name), valid, n=1)
+  hint = f" Did you mean {close[0]!r}?" if close else ""
+  loc = f" (in {where})" if where else ""
+  return ValueError(
+      f"Unknown {kind} {name!r}{loc}.{hint} Valid choices: {', '.join(valid)}.")
+
+
+# ----------------------------------------------------------------------------
+# Trees with '/'-joined names, the layout of published checkpoints.
+# ----------------------------------------------------------------------------
+def _key_name(k) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def tree_flatten_with_names(tree) -> tuple[list[tuple[str, Any]], Any]:
+  """Returns ([(name, leaf), ...], treedef); name like 'Transformer/x/kernel'."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+  named = [("/".join(_key_name(k) for k in path), leaf) for path, leaf in leaves]
+  return named, treedef
+
+
+def tree_map_with_names(fn: Callable[[str, Any], Any], tree):
+  """Like jax.tree.map but `fn(name, leaf)` also sees the leaf's '/' name."""
+  named, treedef = tree_flatten_with_names(tree)
+  return jax.tree_util.tree_unflatten(treedef, [fn(n, x) for n, x in named])
+
+
+def flatten_dict(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+  """Nested dict -> {'a/b/c': leaf}. Only dicts are descended into."""
+  out = {}
+  for k, v in tree.items():
+    name = f"{prefix}/{k}" if prefix else str(k)
+    if isinstance(v, Mapping):
+      out.update(flatten_dict(v, name))
+    else:
+      out[name] = v
+  return out
+
+
+def unflatten_dict(flat: Mapping[str, Any]) -> dict:
+  """{'a/b/c': leaf} -> nested dict (inverse of `flatten_dict`)."""
+  tree: dict = {}
+  for name, v in flat.items():
+    node = tree
+    *parents, leaf = name.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = v
+  return tree
+
+
+def match_rules(rules: Sequence[tuple[str, Any]], name: str,
+                default: Any = dataclasses.MISSING) -> Any:
+  """Value of the first `(regex, value)` rule whose regex fully matches name."""
+  for pattern, value in rules:
+    if re.fullmatch(pattern, name):
+      return value
+  if default is dataclasses.MISSING:
+    raise ValueError(
+        f"Parameter {name!r} is not matched by any of the patterns "
+        f"{[p for p, _ in rules]}. Add a pattern for it (e.g. ('.*', ...)).")
+  return default
+
+
+def tree_count(tree) -> int:
+  """Number of scalars in a tree of arrays or ShapeDtypeStructs."""
+  return int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree.leaves(tree)))
+
+
+def tree_bytes(tree) -> int:
+  return int(sum(np.prod(x.shape, dtype=np.int64) * np.dtype(x.dtype).itemsize
+                 for x in jax.tree.leaves(tree)))
+
+
+# ----------------------------------------------------------------------------
+# Step arithmetic: a duration may be given in steps, epochs, examples or %.
+# ----------------------------------------------------------------------------
+def steps(prefix: str, config: Mapping, data_size: int | None = None,
+          batch_size: int | None = None, total_steps: int | None = None,
+          default: Any = ValueError) -> int:
+  """Number of steps for `{prefix}_steps|_epochs|_examples|_percent` in config.
+
+  Exactly one of the four may be set. `config` is any mapping (ConfigDict ok).
+  E.g. steps("total", config, data_size=50000, batch_size=512) with
+  config.total_epochs=10 gives ceil(10 * 50000 / 512) = 977.
+  """
+  suffixes = {"steps", "epochs", "examples", "percent"}
+  given = [s for s in suffixes if config.get(f"{prefix}_{s}") is not None]
+  if len(given) > 1:
+    raise ValueError(f"Set only one of {[f'{prefix}_{s}' for s in given]}.")
+  if not given:
+    if default is ValueError:
+      raise ValueError(f"Config needs one of {prefix}_steps, {prefix}_epochs, "
+                       f"{prefix}_examples or {prefix}_percent.")
+    return default
+  suffix = given[0]
+  value = config.get(f"{prefix}_{suffix}")
+  if suffix == "steps":
+    return int(value)
+  if suffix == "percent":
+    if total_steps is None:
+      raise ValueError(f"{prefix}_percent needs total_steps to be known.")
+    return int(value * total_steps)
+  if batch_size is None:
+    raise ValueError(f"{prefix}_{suffix} needs the batch size.")
+  if suffix == "examples":
+    return int(np.ceil(value / batch_size))
+  if data_size is None:
+    raise ValueError(f"{prefix}_epochs needs the dataset size.")
+  return int(np.ceil(value * data_size / batch_size))
+
+
+# ----------------------------------------------------------------------------
+# Progress and ETA on the console.
+# ----------------------------------------------------------------------------
+class Chrono:
+  """Measures throughput between log steps, excluding paused time (evals, ckpt)."""
+
+  def __init__(self, first_step: int, total_steps: int, global_bs: int,
+               num_devices: int):
+    self.first_step = first_step
+    self.total_steps = total_steps
+    self.global_bs = global_bs
+    self.num_devices = num_devices
+    self.start_time = time.monotonic()
+    self.prev_time = None
+    self.prev_step = first_step
+    self.paused_total = 0.0
+    self.paused_since_prev = 0.0
+    self._pause_start = None
+    self.accum_core_hours = 0.0
+
+  def pause(self):
+    self._pause_start = time.monotonic()
+
+  def resume(self):
+    dt = time.monotonic() - self._pause_start
+    self.paused_total += dt
+    self.paused_since_prev += dt
+
+  def tick(self, step: int) -> dict[str, float]:
+    """Metrics since the previous tick. The first tick only starts the clock
+    (it includes compilation, which would distort the throughput)."""
+    now = time.monotonic()
+    out = {}
+    if self.prev_time is not None and step > self.prev_step:
+      dt = now - self.prev_time - self.paused_since_prev
+      nsteps = step - self.prev_step
+      out["steps_per_sec"] = nsteps / max(dt, 1e-9)
+      out["img_per_sec"] = out["steps_per_sec"] * self.global_bs
+      out["img_per_sec_per_core"] = out["img_per_sec"] / self.num_devices
+      self.accum_core_hours += dt * self.num_devices / 3600
+      out["core_hours"] = self.accum_core_hours
+      remaining = self.total_steps - step
+      self.eta_sec = remaining / out["steps_per_sec"]
+    self.prev_time, self.prev_step, self.paused_since_prev = now, step, 0.0
+    return out
+
+  def note(self, step: int) -> str:
+    eta = getattr(self, "eta_sec", None)
+    pct = 100.0 * step / max(self.total_steps, 1)
+    s = f"step {step}/{self.total_steps} ({pct:.1f}%)"
+    if eta is not None:
+      s += f", ETA {_fmt_seconds(eta)}"
+    s += f", elapsed {_fmt_seconds(time.monotonic() - self.start_time)}"
+    return s
+
+
+def _fmt_seconds(s: float) -> str:
+  s = int(s)
+  h, rem = divmod(s, 3600)
+  m, sec = divmod(rem, 60)
+  return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
