@@ -1,0 +1,126 @@
+"""Builds a preprocessing function from a pp string.
+
+    fn = get_preprocess_fn('decode|resize(224)|value_range(-1, 1)')
+    example = fn({"image": jpeg_bytes, "_seed": seed})
+
+A pp string is a '|'-separated list of op specs (see `registry.parse_name`).
+Every op is parsed, looked up and constructed here, up front: a typo in the
+12th op of an eval pipeline fails when the config is loaded, naming the op
+and its position, instead of an hour later when that evaluator first runs.
+"""
+import difflib
+import importlib
+import importlib.util
+import inspect
+from typing import Any, Callable
+
+from absl import logging
+from big_vision.pp import registry
+# Imported for their side effect: registering the ops.
+from big_vision.pp import ops_general  # pylint: disable=unused-import
+from big_vision.pp import ops_image  # pylint: disable=unused-import
+
+PREFIX = "preprocess_ops"
+
+# Op modules that may or may not exist in this checkout (owned elsewhere);
+# imported when present so that their ops are registered too.
+_OPTIONAL_OP_MODULES = ("big_vision.pp.ops_text",)
+for _mod in _OPTIONAL_OP_MODULES:
+  if importlib.util.find_spec(_mod) is not None:
+    importlib.import_module(_mod)
+
+PreprocessFn = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def get_preprocess_fn(pp_str: str, log_data: bool = False) -> PreprocessFn:
+  """Returns fn(data: dict) -> dict applying the ops of `pp_str` in order.
+
+  Args:
+    pp_str: e.g. 'decode|resize(224)|flip_lr|value_range(-1, 1)'. Empty (or
+      None) means identity. '|' inside string literals does not split.
+    log_data: log each op's output features (shapes and dtypes) when the
+      function is traced, to debug a pipeline.
+
+  Returns:
+    The preprocessing function. It works on one example (unbatched tensors),
+    in eager mode or inside `tf.data.Dataset.map`, and does not modify the
+    dict it is given.
+
+  Raises:
+    ValueError: a syntax error, unknown or misspelt op, non-literal or wrong
+      arguments; the message names the op, its 1-based position and the pp
+      string. Raised here, before any data is read.
+  """
+  pp_str = pp_str or ""
+  if not isinstance(pp_str, str):
+    raise ValueError(f"pp string must be a str, got {type(pp_str).__name__}: "
+                     f"{pp_str!r}.")
+  specs = [s.strip() for s in registry.split_outside_strings(pp_str, "|")]
+  specs = [s for s in specs if s]  # Allows "a|" + "b" style concatenation.
+  ops = [(f"op #{i} {spec!r}", _build_op(spec, i, pp_str))
+         for i, spec in enumerate(specs, start=1)]
+
+  def _preprocess(data):
+    if not isinstance(data, dict):
+      raise ValueError(f"pp function expects a dict of features, got "
+                       f"{type(data).__name__}.")
+    data = dict(data)  # Ops write into the dict; keep the caller's intact.
+    for where, op in ops:
+      try:
+        data = op(data)
+      except Exception as e:  # pylint: disable=broad-except
+        # Keep the type (tf.data and callers may rely on it), add context.
+        if hasattr(e, "add_note"):
+          e.add_note(f"... in pp {where} of {pp_str!r}")
+        raise
+      if not isinstance(data, dict):
+        raise ValueError(f"pp {where} of {pp_str!r} returned "
+                         f"{type(data).__name__}, not a dict.")
+      if log_data:
+        logging.info("pp %s -> %s", where, _describe(data))
+    return data
+
+  return _preprocess
+
+
+def available_ops() -> list[str]:
+  """Names of all registered pp ops, as written in pp strings."""
+  return [n[len(PREFIX) + 1:] for n in registry.Registry.names(PREFIX + ".")]
+
+
+def _build_op(spec, position, pp_str):
+  """Parses, looks up and constructs one op; any failure is a ValueError."""
+  where = f"op #{position} {spec!r} in pp string {pp_str!r}"
+  try:
+    name, args, kwargs = registry.parse_name(spec)
+  except ValueError as e:
+    raise ValueError(f"Cannot parse {where}: {e}") from None
+  try:
+    factory = registry.Registry.lookup(f"{PREFIX}.{name}")
+  except ValueError:
+    known = available_ops()
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+    raise ValueError(f"Unknown {where}.{hint} Available ops: "
+                     f"{', '.join(known)}.") from None
+  try:
+    return factory(*args, **kwargs)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"Bad arguments for {where}: {e} (signature: {name}"
+                     f"{_signature(factory)})") from e
+
+
+def _signature(factory):
+  try:
+    return str(inspect.signature(factory))
+  except (TypeError, ValueError):
+    return "(...)"
+
+
+def _describe(data):
+  parts = []
+  for k, v in sorted(data.items()):
+    shape, dtype = getattr(v, "shape", None), getattr(v, "dtype", None)
+    parts.append(f"{k}: {getattr(dtype, 'name', dtype)}{list(shape)}"
+                 if shape is not None else f"{k}: {type(v).__name__}")
+  return "{" + ", ".join(parts) + "}"
