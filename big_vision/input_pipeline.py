@@ -1,0 +1,291 @@
+"""Input pipelines: source -> this process's part -> pp -> batches -> devices.
+
+Training (`training`): an infinite, shuffled stream of per-process batches
+that is an exact function of (seed, data, process index/count):
+
+  source(ordered, this process's part) -> [cache] -> per-epoch shuffle(seed, e)
+  -> positions -> skip(start_step * local_batch) -> + _seed -> pp -> batch
+
+* Shuffling is done one epoch at a time, each epoch with its own fixed seed,
+  so the stream never depends on thread timing, and resuming at step s skips
+  whole epochs without reading them and then only the raw (still encoded)
+  examples of the current epoch, never decoding them.
+* Every example gets `_seed` (int64 [2]) = [seed * 2**16 + process_index,
+  position in this process's stream] before pp. Random pp ops derive their
+  randomness from it (stateless), so resumed runs see the same augmentations
+  as uninterrupted ones. The pipeline drops `_seed` after pp.
+
+Inference (`make_for_inference`): every example exactly once, in order, the
+last batch zero-padded, with a boolean `_mask` marking real examples; every
+process yields the same number of batches (fully masked ones at the end if
+its part is shorter) so multi-host jitted evals stay in lockstep.
+
+Device side: `to_global` turns per-process numpy batches into global
+jax.Arrays, `start_global` does that with a small look-ahead (device
+prefetch) so host->device copies overlap with compute.
+"""
+import collections
+import itertools
+import math
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import jax
+import numpy as np
+import tensorflow as tf
+
+from big_vision import datasets
+from big_vision.datasets import core as ds_core
+
+PpFn = Callable[[dict], dict]
+# make_for_inference(cache_final=True) pipelines, see there.
+_CACHED_INFERENCE: dict[tuple, tuple["InferenceBatches", int]] = {}
+SEED_KEY = "_seed"
+MASK_KEY = "_mask"
+
+
+def _as_dict(x) -> dict:
+  return x.to_dict() if hasattr(x, "to_dict") else dict(x)
+
+
+def _get(config, key, default=None):
+  return config.get(key, default) if hasattr(config, "get") else getattr(
+      config, key, default)
+
+
+def get_pp_fn(pp: str | PpFn) -> PpFn:
+  """A pp string is built by big_vision.pp.builder; a callable is used as is."""
+  if isinstance(pp, str):
+    from big_vision.pp import builder  # pylint: disable=g-import-not-at-top
+    return builder.get_preprocess_fn(pp)
+  if callable(pp):
+    return pp
+  raise ValueError(f"pp must be a pp string like 'decode|resize(224)' or a "
+                   f"function dict -> dict, got {pp!r}.")
+
+
+def _local_batch_size(batch_size: int, process_count: int) -> int:
+  if batch_size <= 0 or batch_size % process_count:
+    raise ValueError(f"Global batch_size={batch_size} must be a positive "
+                     f"multiple of process_count={process_count}.")
+  return batch_size // process_count
+
+
+def _apply_pp(pp_fn: PpFn):
+  """pp, then drop the per-example seed (pp may have consumed it already)."""
+
+  def fn(ex):
+    out = pp_fn(ex)
+    if not isinstance(out, Mapping):
+      raise ValueError(f"pp must return a dict, returned {type(out)}.")
+    out = dict(out)
+    out.pop(SEED_KEY, None)
+    return out
+
+  return fn
+
+
+def _deterministic_options() -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True
+  return options
+
+
+def _epoch_seed_base(seed: int, process_index: int) -> int:
+  """Shuffle seed of epoch e is base + e; distinct per (seed, process)."""
+  return ((int(seed) * 65_537 + int(process_index)) * 2**20) % 2**62
+
+
+def training(input_config, *, seed: int = 0, start_step: int = 0,
+             process_index: int | None = None,
+             process_count: int | None = None
+             ) -> tuple[tf.data.Dataset, int]:
+  """The infinite training stream of this process's batches.
+
+  Args:
+    input_config: mapping (or ConfigDict) with `data` (kwargs of
+      datasets.get: name, split, data_dir, ...), `batch_size` (GLOBAL),
+      `pp` (pp string or callable), optional `shuffle_buffer_size` (50_000;
+      0 disables), `cache_raw` (False: cache this process's raw examples in
+      memory), `prefetch` (2 batches).
+    seed: the run's seed; fixes the shuffle and `_seed` of every example.
+    start_step: number of batches already consumed (resume).
+    process_index, process_count: default to jax's.
+
+  Returns:
+    (dataset of dicts of [batch_size // process_count, ...] tensors,
+     total number of examples in the split over all processes).
+  """
+  process_index, process_count = ds_core.process_info(process_index,
+                                                      process_count)
+  local_bs = _local_batch_size(int(input_config["batch_size"]), process_count)
+  # Build pp first: a bad pp string fails before any data is touched.
+  pp_fn = _apply_pp(get_pp_fn(input_config["pp"]))
+  source = datasets.get(**_as_dict(input_config["data"]))
+  n_local = source.num_examples_per_process(process_count)[process_index]
+  if n_local == 0:
+    raise ValueError(f"Process {process_index} of {process_count} has no "
+                     f"training examples in {_as_dict(input_config['data'])}.")
+
+  raw = source.get_tfdata(ordered=True, process_split=True,
+                          process_index=process_index,
+                          process_count=process_count)
+  if _get(input_config, "cache_raw", False):
+    raw = raw.cache()
+  buffer_size = int(_get(input_config, "shuffle_buffer_size", 50_000) or 0)
+  seed_base = _epoch_seed_base(seed, process_index)
+
+  def epoch(e):
+    ds = raw
+    if buffer_size > 1:
+      ds = ds.shuffle(min(buffer_size, n_local), seed=seed_base + e,
+                      reshuffle_each_iteration=False)
+    positions = tf.data.Dataset.range(e * n_local, (e + 1) * n_local)
+    return tf.data.Dataset.zip(positions, ds)
+
+  start = int(start_step) * local_bs
+  first_epoch, offset = divmod(start, n_local)
+  ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch)
+  ds = ds.skip(offset)  # Raw examples only: nothing decoded yet.
+
+  seed_hi = tf.constant(int(seed) * 2**16 + process_index, tf.int64)
+
+  def add_seed(position, ex):
+    return {**ex, SEED_KEY: tf.stack([seed_hi, position])}
+
+  ds = ds.map(add_seed)
+  ds = ds.map(pp_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(local_bs, drop_remainder=True)
+  prefetch = _get(input_config, "prefetch", 2)
+  if prefetch:  # -1 is tf.data.AUTOTUNE.
+    ds = ds.prefetch(int(prefetch))
+  return ds.with_options(_deterministic_options()), source.total_examples
+
+
+def as_numpy(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
+  """Iterator over a dataset's elements as (dicts of) numpy arrays."""
+  return ds.as_numpy_iterator()
+
+
+class InferenceBatches:
+  """Re-iterable numpy batches of an inference pipeline; len() = num_batches."""
+
+  def __init__(self, dataset: tf.data.Dataset, num_batches: int):
+    self.dataset = dataset
+    self.num_batches = num_batches
+
+  def __len__(self):
+    return self.num_batches
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self.dataset.prefetch(2).as_numpy_iterator()
+
+
+def make_for_inference(data_config, pp: str | PpFn, batch_size: int, *,
+                       process_index: int | None = None,
+                       process_count: int | None = None,
+                       cache_final: bool = False
+                       ) -> tuple[InferenceBatches, int]:
+  """Ordered, padded, masked per-process batches covering a split once.
+
+  Args:
+    data_config: kwargs of datasets.get (name, split, data_dir, ...).
+    pp: pp string or callable; all examples must have the same output shapes
+      (they are batched); padding rows are zeros of those shapes.
+    batch_size: GLOBAL batch size, a multiple of process_count.
+    process_index, process_count: default to jax's.
+    cache_final: keep the preprocessed batches in memory, for evaluators
+      that run many times over a small split. The pipeline is memoized on
+      (data_config, pp, batch_size, process), so calling this again with
+      the same arguments (a string pp, or the same pp function object)
+      returns the cached batches instead of recomputing them.
+
+  Returns:
+    (iterable over dicts of numpy [batch_size // process_count, ...] with a
+     bool `_mask`, number of batches: the same on every process).
+  """
+  process_index, process_count = ds_core.process_info(process_index,
+                                                      process_count)
+  if cache_final:
+    key = (repr(sorted(_as_dict(data_config).items())), pp, int(batch_size),
+           process_index, process_count)
+    if key not in _CACHED_INFERENCE:
+      batches, num_batches = make_for_inference(
+          data_config, pp, batch_size, process_index=process_index,
+          process_count=process_count, cache_final=False)
+      # Filled by the first complete iteration, replayed by later ones.
+      cached = InferenceBatches(batches.dataset.cache(), num_batches)
+      _CACHED_INFERENCE[key] = (cached, num_batches)
+    return _CACHED_INFERENCE[key]
+  local_bs = _local_batch_size(int(batch_size), process_count)
+  pp_fn = _apply_pp(get_pp_fn(pp))
+  source = datasets.get(**_as_dict(data_config))
+  longest = max(source.num_examples_per_process(process_count))
+  num_batches = math.ceil(longest / local_bs)
+
+  def preprocess(ds, mask):
+    # A deterministic `_seed` here too, so eval pp strings that contain
+    # random ops behave the same on every run instead of failing.
+    ds = ds.enumerate().map(lambda i, ex: {
+        **ex, SEED_KEY: tf.stack([tf.constant(process_index, tf.int64), i])})
+    return ds.map(lambda ex: {**pp_fn(ex), MASK_KEY: tf.constant(mask)},
+                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+  ds = preprocess(source.get_tfdata(ordered=True, process_split=True,
+                                    process_index=process_index,
+                                    process_count=process_count), True)
+  specs = tf.nest.flatten(ds.element_spec)
+  if all(spec.shape.is_fully_defined() for spec in specs):
+    padding = tf.data.Dataset.from_tensors(tf.nest.map_structure(
+        lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec))
+    # (The `_mask` of padding rows is a zero too: False.)
+  else:
+    # pp output shapes are only known at run time (e.g. decode without a
+    # resize): pad with zeros shaped like the split's first example (the
+    # same on every process, even one whose part is empty).
+    first = source.get_tfdata(ordered=True, process_split=False).take(1)
+    padding = preprocess(first, False).map(
+        lambda ex: tf.nest.map_structure(tf.zeros_like, ex)).cache()
+  ds = ds.concatenate(padding.repeat()).take(num_batches * local_bs)
+  ds = ds.batch(local_bs, drop_remainder=True)
+  ds = ds.with_options(_deterministic_options())
+  return InferenceBatches(ds, num_batches), num_batches
+
+
+def to_global(batch: Mapping[str, Any], sharding: jax.sharding.Sharding
+              ) -> dict[str, jax.Array]:
+  """Per-process numpy batch -> global jax.Arrays laid out by `sharding`.
+
+  Each process passes its own rows; the global batch is their concatenation
+  in process order (jax.make_array_from_process_local_data).
+  """
+
+  def put(path, x):
+    x = np.asarray(x)
+    if x.dtype.kind in "OSUV":
+      raise ValueError(
+          f"Batch entry {jax.tree_util.keystr(path)} has dtype {x.dtype} and "
+          "cannot live on a device; drop it in pp, e.g. with keep(...).")
+    return jax.make_array_from_process_local_data(sharding, x)
+
+  return jax.tree_util.tree_map_with_path(put, dict(batch))
+
+
+def start_global(iterator: Iterable[Mapping[str, Any]],
+                 sharding: jax.sharding.Sharding, n_prefetch: int = 2
+                 ) -> Iterator[dict[str, jax.Array]]:
+  """Yields global device batches, keeping `n_prefetch` copies in flight.
+
+  Transfers are asynchronous: while the step on batch t runs, batches
+  t+1..t+n_prefetch are already being copied to the devices.
+  """
+  it = iter(iterator)
+  queue = collections.deque()
+
+  def enqueue(n):
+    for batch in itertools.islice(it, n):
+      queue.append(to_global(batch, sharding))
+
+  enqueue(max(1, n_prefetch))
+  while queue:
+    yield queue.popleft()
+    enqueue(1)
