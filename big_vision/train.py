@@ -9,13 +9,12 @@ functions so that tools (eval_only, plan, bench) build exactly what training
 runs. Nothing here imports tensorflow at module level: only the data side
 does, and only when real data is read.
 """
-import functools
 import importlib
+import logging as py_logging
 import os
 import pkgutil
 import signal
-import sys
-from typing import Any, Callable
+from typing import Any
 
 from absl import app
 from absl import flags
@@ -30,8 +29,8 @@ import numpy as np
 import optax
 
 from big_vision import checkpoint
-from big_vision import losses
 from big_vision import metric_writer
+from big_vision import objectives
 from big_vision import optax as bv_optax
 from big_vision import sharding
 from big_vision import utils
@@ -70,58 +69,18 @@ def create_model(config):
 
 
 # ----------------------------------------------------------------------------
-# Objectives: how a batch becomes a scalar loss. Registry by `config.loss`.
-# ----------------------------------------------------------------------------
-def mixup(rng, images, labels, p: float):
-  """Mixes each example with its neighbour in the batch (one lambda per batch).
-
-  lambda ~ Beta(p, p), folded to >= 0.5 so the original image dominates.
-  """
-  lam = jax.random.beta(rng, p, p)
-  lam = jnp.maximum(lam, 1.0 - lam)
-  mix = lambda x: lam * x + (1.0 - lam) * jnp.roll(x, 1, axis=0)
-  return mix(images), mix(labels)
-
-
-def classification_objective(config, model, loss_name):
-  loss_fn = losses.get(loss_name)
-  mixup_p = (config.get("mixup") or {}).get("p", 0.0)
-
-  def objective(params, batch, rng):
-    images, labels = batch["image"], batch["labels"]
-    rng_mix, rng_model = jax.random.split(rng)
-    if mixup_p:
-      images, labels = mixup(rng_mix, images, labels.astype(jnp.float32),
-                             mixup_p)
-    logits, _ = model.apply({"params": params}, images, train=True,
-                            rngs={"dropout": rng_model})
-    return loss_fn(logits, labels)
-  return objective
-
-
-OBJECTIVES: dict[str, Callable] = {
-    "softmax_xent": classification_objective,
-    "sigmoid_xent": classification_objective,
-}
-
-
-def make_objective(config, model):
-  name = config.get("loss", "softmax_xent")
-  if name not in OBJECTIVES:
-    raise utils.unknown_name_error("loss", name, OBJECTIVES,
-                                   where="config.loss")
-  return OBJECTIVES[name](config, model, name)
-
-
-# ----------------------------------------------------------------------------
 # Train state: {"params", "opt", "step"[, "ema_params"]}, created sharded.
 # ----------------------------------------------------------------------------
-def init_fn_for(config, model, tx, input_shapes: dict[str, tuple]):
-  """A function rng -> train state, to be jitted with the target shardings."""
+def init_fn_for(config, model, tx, input_specs: dict[str, tuple]):
+  """A function rng -> train state, to be jitted with the target shardings.
+
+  `input_specs`: {batch key: (shape, dtype)} of the model inputs, in the order
+  the model takes them; the model is initialised on a batch of one.
+  """
   def init(rng):
-    dummy = {k: jnp.zeros((1,) + tuple(s[1:]), d)
-             for k, (s, d) in input_shapes.items()}
-    params = model.init({"params": rng, "dropout": rng}, *dummy.values(),
+    dummy = [jnp.zeros((1,) + tuple(shape[1:]), dtype)
+             for shape, dtype in input_specs.values()]
+    params = model.init({"params": rng, "dropout": rng}, *dummy,
                         train=False)["params"]
     params = flax.core.unfreeze(params)
     state = {"params": params, "opt": tx.init(params),
@@ -140,7 +99,8 @@ def state_shardings(config, mesh, state_shape):
   return shardings
 
 
-def make_update_fn(config, objective, tx, mesh, shardings):
+def make_update_fn(config, objective: objectives.Objective, tx, mesh,
+                   shardings):
   """The jitted, buffer-donating train step: (state, batch) -> (state, info)."""
   accum_steps = int(config.get("accum_steps", 1))
   ema_decay = config.get("ema_decay")
@@ -149,7 +109,7 @@ def make_update_fn(config, objective, tx, mesh, shardings):
 
   def grads_of(params, batch, rng):
     if accum_steps == 1:
-      return jax.value_and_grad(objective)(params, batch, rng)
+      return jax.value_and_grad(objective.loss)(params, batch, rng)
     # Micro-batch j takes examples j, j+k, j+2k, ...: every device keeps an
     # equal share of each micro-batch, so no data moves between devices.
     def split(x):
@@ -161,7 +121,7 @@ def make_update_fn(config, objective, tx, mesh, shardings):
 
     def body(carry, xs):
       mb, i = xs
-      loss, g = jax.value_and_grad(objective)(
+      loss, g = jax.value_and_grad(objective.loss)(
           params, mb, jax.random.fold_in(rng, i))
       return jax.tree.map(jnp.add, carry, (loss, g)), None
     zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
@@ -191,6 +151,48 @@ def make_update_fn(config, objective, tx, mesh, shardings):
   return jax.jit(update, donate_argnums=(0,),
                  in_shardings=(shardings, batch_sharding),
                  out_shardings=(shardings, sharding.replicated(mesh)))
+
+
+def make_train_data(config, mesh, start_step: int):
+  """Training batches as global jax.Arrays sharded over the mesh's data axes.
+
+  Returns (iterator, number of training examples, {key: (shape, dtype)} of a
+  per-process batch). `data.name="synthetic"` generates batches on device and
+  never imports tensorflow (benchmarks, GPU machines without TF); everything
+  else goes through the tf.data pipeline.
+  """
+  data_sharding = sharding.data_sharding(mesh)
+  if (config.input.get("data") or {}).get("name") == "synthetic":
+    from big_vision.datasets import synthetic  # pylint: disable=g-import-not-at-top
+    return synthetic.make_train_data(config.input, data_sharding,
+                                     seed=config.get("seed", 0),
+                                     start_step=start_step)
+  from big_vision import input_pipeline  # pylint: disable=g-import-not-at-top
+  train_ds, ntrain = input_pipeline.training(
+      config.input, seed=config.get("seed", 0), start_step=start_step)
+  specs = {k: (tuple(v.shape), v.dtype.as_numpy_dtype)
+           for k, v in train_ds.element_spec.items()}
+  batches = input_pipeline.start_global(input_pipeline.as_numpy(train_ds),
+                                        data_sharding)
+  return batches, ntrain, specs
+
+
+def model_input_specs(batch_specs, objective: objectives.Objective,
+                      batch_size: int):
+  """{key: (global shape, dtype)} of the model inputs, from batch specs."""
+  specs = {}
+  for key in objective.model_inputs:
+    if key not in batch_specs:
+      raise ValueError(
+          f"The model input {key!r} is not produced by config.input.pp; it "
+          f"yields {sorted(batch_specs)}.")
+    shape, dtype = batch_specs[key]
+    if None in shape[1:]:
+      raise ValueError(
+          f"config.input.pp yields {key!r} of unknown shape {shape[1:]}; add an "
+          "op that fixes it (e.g. resize(224) or a crop).")
+    specs[key] = ((batch_size,) + tuple(shape[1:]), dtype)
+  return specs
 
 
 def make_predict_fn(model):
@@ -230,8 +232,6 @@ class _Preemption:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) `config` in `workdir`. Returns the final metrics."""
-  from big_vision import input_pipeline  # pylint: disable=g-import-not-at-top
-
   preempt = _Preemption()
   mesh = sharding.make_mesh(config.get("mesh"))
   shards = sharding.num_data_shards(mesh)
@@ -246,31 +246,27 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         f"accum_steps * devices = {config.accum_steps} * {shards}.")
 
   module, model = create_model(config)
-  objective = make_objective(config, model)
+  objective = objectives.make(config, model, mesh)
   ckpt = checkpoint.Checkpointer(
       workdir, keep_every=config.get("keep_ckpt_steps"))
   first_step = ckpt.latest_step() or 0
 
-  train_ds, ntrain = input_pipeline.training(
-      config.input, seed=config.get("seed", 0), start_step=first_step)
+  batches, ntrain, batch_specs = make_train_data(config, mesh, first_step)
   total_steps = utils.steps("total", config, data_size=ntrain,
                             batch_size=batch_size)
   steps_per_epoch = ntrain / batch_size
-  input_shapes = {k: ((batch_size,) + tuple(spec.shape[1:]),
-                      spec.dtype.as_numpy_dtype)
-                  for k, spec in train_ds.element_spec.items()
-                  if k == "image"}
+  input_specs = model_input_specs(batch_specs, objective, batch_size)
 
   # The optimizer needs the parameter tree (for masks), which needs the
   # model's shapes: evaluate both abstractly, allocate nothing yet.
   rng = jax.random.PRNGKey(config.get("seed", 0))
   params_shape = jax.eval_shape(
-      lambda r: init_fn_for(config, model, optax.identity(), input_shapes)(r)
+      lambda r: init_fn_for(config, model, optax.identity(), input_specs)(r)
       ["params"], rng)
   tx, sched_fns = bv_optax.make(
       config, params_shape, sched_kw=dict(
           total_steps=total_steps, batch_size=batch_size, data_size=ntrain))
-  init = init_fn_for(config, model, tx, input_shapes)
+  init = init_fn_for(config, model, tx, input_specs)
   state_shape = jax.eval_shape(init, rng)
   shardings = state_shardings(config, mesh, state_shape)
   logging.info("Model %s: %s parameters.", config.model_name,
@@ -297,8 +293,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         state["ema_params"] = params
 
   update_fn = make_update_fn(config, objective, tx, mesh, shardings)
-  batches = input_pipeline.start_global(
-      input_pipeline.as_numpy(train_ds), sharding.data_sharding(mesh))
 
   chrono = utils.Chrono(first_step, total_steps, batch_size, jax.device_count())
   log_every = int(config.get("log_training_steps", 50))
@@ -312,8 +306,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       if ev.due(step, first_step, total_steps):
         results = dict(ev.run(state))
         for k, v in results.items():
-          logging.info("[%d] %s%s = %.5f", step, ev.prefix, k, v)
-        results = {f"{ev.prefix}{k}": v for k, v in results.items()}
+          logging.info("[%d] %s = %.5f", step, k, v)
         writer.write(step, results)
         final.update(results)
     chrono.resume()
@@ -367,8 +360,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return final
 
 
+class _QuietLibraries:
+  """Drops INFO records of chatty libraries (orbax logs every file it writes)."""
+
+  PREFIXES = ("orbax", "etils", "tensorflow_datasets")
+
+  def filter(self, record):
+    if record.levelno >= py_logging.WARNING:
+      return True
+    return not any(f"/{p}/" in record.pathname for p in self.PREFIXES)
+
+
 def main(argv):
   del argv
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   config = flags.FLAGS.config
   workdir = flags.FLAGS.workdir
   if not workdir:

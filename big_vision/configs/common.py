@@ -46,10 +46,19 @@ def parse_arg(arg, lazy=False, **spec):
   return config
 
 
-DIGITS_PP_TRAIN = ("decode|resize({res})|value_range(-1, 1)"
+# Digits are upsampled to `res * 5/4`; training takes a random `res` window
+# (translations of up to an eighth of the image), eval the central one.
+DIGITS_PP_TRAIN = ("decode|resize({big})|random_crop({res})|value_range(-1, 1)"
                    "|onehot(10, key='label', key_result='labels')"
                    "|keep('image', 'labels')")
-DIGITS_PP_EVAL = DIGITS_PP_TRAIN
+DIGITS_PP_EVAL = ("decode|resize({big})|central_crop({res})|value_range(-1, 1)"
+                  "|onehot(10, key='label', key_result='labels')"
+                  "|keep('image', 'labels')")
+
+
+def digits_pp(res=32, train=True):
+  return (DIGITS_PP_TRAIN if train else DIGITS_PP_EVAL).format(
+      res=res, big=res * 5 // 4)
 
 
 def digits_input(res=32, batch_size=128):
@@ -58,14 +67,14 @@ def digits_input(res=32, batch_size=128):
       data=dict(name="digits", split="train"),
       batch_size=batch_size,
       shuffle_buffer_size=1500,
-      pp=DIGITS_PP_TRAIN.format(res=res),
+      pp=digits_pp(res, train=True),
   ))
 
 
 def digits_eval(res=32, log_steps=100, batch_size=128):
   """Classification eval on the held-out digits writers."""
   return dict(type="classification", data=dict(name="digits", split="test"),
-              pp_fn=DIGITS_PP_EVAL.format(res=res), batch_size=batch_size,
+              pp_fn=digits_pp(res, train=False), batch_size=batch_size,
               log_steps=log_steps)
 
 
@@ -78,7 +87,9 @@ def runlocal_shrink(config, *, res=32, steps=2, batch_size=16):
   config.input = digits_input(res=res, batch_size=batch_size)
   config.num_classes = 10
   config.total_steps = steps
-  config.pop("total_epochs", None)
+  for key in ("total_epochs", "total_examples"):
+    if key in config:
+      del config[key]
   config.log_training_steps = 1
   config.ckpt_steps = steps
   config.evals = ml_collections.ConfigDict()

@@ -1,0 +1,267 @@
+"""Model helpers shared by every model family (ViT, Mixer, text transformer...).
+
+Three jobs, all on parameter trees, all independent of any one architecture:
+
+* `resample_posemb`: stretch a learned position-embedding grid to a new
+  resolution (fine-tuning at a higher resolution than pre-training).
+* `scan_to_pyloop` / `pyloop_to_scan`: convert between the per-block layout
+  (`Transformer/encoderblock_3/...`) and the `nn.scan` layout
+  (`Transformer/encoderblock/...` with a leading depth axis), so that any
+  checkpoint loads into a model whatever its `scan` setting.
+* `merge_params`: put checkpoint values into a freshly initialised tree,
+  keeping the fresh init where asked (`dont_load`), and reporting *by name*
+  everything that does not line up, instead of failing deep inside jit.
+
+All functions accept numpy arrays, jax arrays or `jax.ShapeDtypeStruct`s as
+leaves (the latter so that layouts and parameter counts can be computed from
+`jax.eval_shape` without allocating anything). Only jax/numpy/absl imports.
+"""
+import re
+from typing import Any, Iterable, Mapping, Sequence
+
+from absl import logging
+import jax
+import numpy as np
+
+from big_vision import utils
+
+
+# ----------------------------------------------------------------------------
+# Leaves that may be abstract (ShapeDtypeStruct) or concrete.
+# ----------------------------------------------------------------------------
+def _is_abstract(x) -> bool:
+  return isinstance(x, jax.ShapeDtypeStruct)
+
+
+def _shape(x) -> tuple[int, ...]:
+  return tuple(np.shape(x)) if not hasattr(x, "shape") else tuple(x.shape)
+
+
+def _stack(leaves: Sequence[Any]):
+  if any(_is_abstract(x) for x in leaves):
+    return jax.ShapeDtypeStruct((len(leaves),) + _shape(leaves[0]),
+                                leaves[0].dtype)
+  return np.stack([np.asarray(x) for x in leaves])
+
+
+def _unstack(x, n: int):
+  if _is_abstract(x):
+    return [jax.ShapeDtypeStruct(x.shape[1:], x.dtype) for _ in range(n)]
+  x = np.asarray(x)
+  return [x[i] for i in range(n)]
+
+
+# ----------------------------------------------------------------------------
+# Position embeddings.
+# ----------------------------------------------------------------------------
+def _grid_of(num_tokens: int, what: str) -> tuple[int, int]:
+  side = int(round(np.sqrt(num_tokens)))
+  if side * side != num_tokens:
+    raise ValueError(
+        f"Cannot infer the 2D grid of {what} with {num_tokens} tokens: not a "
+        "square. Pass the grid explicitly (old_grid=/new_grid=(h, w)).")
+  return side, side
+
+
+def resample_posemb(posemb, new_grid, *, old_grid=None,
+                    num_prefix_tokens: int = 0):
+  """Bilinearly resamples a [1, N, D] position embedding to a new 2D grid.
+
+  Why: a model pre-trained at 224px (14x14 patches of 16px) and fine-tuned at
+  384px (24x24) needs 576 position embeddings; interpolating the learned grid
+  keeps its spatial meaning (Dosovitskiy et al. 2021, Sec 3.2).
+
+  Args:
+    posemb: array [1, num_prefix_tokens + h*w, D] (or without the leading 1).
+    new_grid: (h', w') target grid, or an int token count (square grid), or
+      an array/ShapeDtypeStruct whose token axis gives the square grid.
+    old_grid: (h, w) of `posemb`; inferred as a square when None.
+    num_prefix_tokens: leading entries that are not on the grid (e.g. the
+      class token's slot of vit_jax checkpoints); they are kept unchanged.
+
+  Returns:
+    numpy float array with `num_prefix_tokens + h'*w'` tokens. Exactly the
+    input when the grid does not change; a constant grid stays constant.
+  """
+  posemb = np.asarray(posemb)
+  squeeze = posemb.ndim == 2
+  if squeeze:
+    posemb = posemb[None]
+  prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
+  if old_grid is None:
+    old_grid = _grid_of(grid.shape[1], "the checkpoint's position embedding")
+  if isinstance(new_grid, (int, np.integer)):
+    new_grid = _grid_of(int(new_grid), "the model's position embedding")
+  elif hasattr(new_grid, "shape"):
+    new_grid = _grid_of(new_grid.shape[-2] - num_prefix_tokens,
+                        "the model's position embedding")
+  old_grid, new_grid = tuple(old_grid), tuple(new_grid)
+  if old_grid[0] * old_grid[1] != grid.shape[1]:
+    raise ValueError(f"old_grid={old_grid} does not match {grid.shape[1]} "
+                     "position embeddings.")
+  if old_grid != new_grid:
+    logging.info("Resampling position embedding grid %s -> %s.",
+                 old_grid, new_grid)
+    d = grid.shape[-1]
+    img = grid.reshape(old_grid + (d,)).astype(np.float32)
+    # Bilinear with half-pixel centres; antialias when shrinking. The weights
+    # are normalised, so a constant grid stays constant.
+    img = jax.image.resize(img, new_grid + (d,), method="bilinear")
+    grid = np.asarray(img, np.float32).astype(posemb.dtype)
+    grid = grid.reshape(1, new_grid[0] * new_grid[1], d)
+  out = np.concatenate([prefix, grid], axis=1)
+  return out[0] if squeeze else out
+
+
+# ----------------------------------------------------------------------------
+# Scanned <-> per-block layouts.
+# ----------------------------------------------------------------------------
+def _block_names(flat: Mapping[str, Any], prefix: str):
+  """{index: {rest: leaf}} for names `{prefix}_{index}/{rest}`."""
+  pat = re.compile(re.escape(prefix) + r"_(\d+)/(.+)")
+  blocks: dict[int, dict[str, Any]] = {}
+  for name, leaf in flat.items():
+    if m := pat.fullmatch(name):
+      blocks.setdefault(int(m.group(1)), {})[m.group(2)] = leaf
+  return blocks
+
+
+def pyloop_to_scan(params: Mapping, prefix: str = "Transformer/encoderblock"):
+  """`{prefix}_{i}/x` (i=0..depth-1) -> `{prefix}/x` stacked on a new axis 0.
+
+  The layout `nn.scan(..., variable_axes={"params": 0})` produces. Other
+  parameters pass through. Returns a nested dict.
+  """
+  flat = utils.flatten_dict(params)
+  blocks = _block_names(flat, prefix)
+  if not blocks:
+    return utils.unflatten_dict(flat)
+  depth = len(blocks)
+  if sorted(blocks) != list(range(depth)):
+    raise ValueError(f"Blocks under {prefix!r} are not numbered 0..{depth-1}: "
+                     f"{sorted(blocks)}.")
+  names = set(blocks[0])
+  for i, b in blocks.items():
+    if set(b) != names:
+      raise ValueError(
+          f"{prefix}_{i} has different parameters than {prefix}_0: "
+          f"{sorted(set(b) ^ names)}.")
+  out = {k: v for k, v in flat.items()
+         if not re.fullmatch(re.escape(prefix) + r"_\d+/.+", k)}
+  for rest in sorted(names):
+    out[f"{prefix}/{rest}"] = _stack([blocks[i][rest] for i in range(depth)])
+  return utils.unflatten_dict(out)
+
+
+def scan_to_pyloop(params: Mapping, prefix: str = "Transformer/encoderblock"):
+  """`{prefix}/x` with leading depth axis -> `{prefix}_{i}/x`. Inverse of
+  `pyloop_to_scan`; other parameters pass through. Returns a nested dict."""
+  flat = utils.flatten_dict(params)
+  scanned = {k[len(prefix) + 1:]: v for k, v in flat.items()
+             if k.startswith(prefix + "/")}
+  if not scanned:
+    return utils.unflatten_dict(flat)
+  depths = {_shape(v)[0] for v in scanned.values()}
+  if len(depths) != 1:
+    raise ValueError(f"Scanned parameters under {prefix!r} disagree on the "
+                     f"depth (leading axis): {sorted(depths)}.")
+  depth = depths.pop()
+  out = {k: v for k, v in flat.items() if not k.startswith(prefix + "/")}
+  for rest, leaf in scanned.items():
+    for i, x in enumerate(_unstack(leaf, depth)):
+      out[f"{prefix}_{i}/{rest}"] = x
+  return utils.unflatten_dict(out)
+
+
+def is_scanned(params: Mapping,
+               prefix: str = "Transformer/encoderblock") -> bool | None:
+  """True for the scan layout, False for per-block, None if neither is found."""
+  flat = utils.flatten_dict(params)
+  if any(k.startswith(prefix + "/") for k in flat):
+    return True
+  if any(re.match(re.escape(prefix) + r"_\d+/", k) for k in flat):
+    return False
+  return None
+
+
+# ----------------------------------------------------------------------------
+# Checkpoint values into an initialised tree.
+# ----------------------------------------------------------------------------
+def _compile(patterns: Iterable[str]) -> list[re.Pattern]:
+  if isinstance(patterns, str):
+    patterns = (patterns,)
+  out = []
+  for p in patterns:
+    try:
+      out.append(re.compile(p))
+    except re.error as e:
+      raise ValueError(f"Invalid dont_load regex {p!r}: {e}") from e
+  return out
+
+
+def _listing(title: str, items: Iterable[str]) -> str:
+  items = list(items)
+  return f"{title} ({len(items)}):\n" + "\n".join(f"  {s}" for s in items)
+
+
+def merge_params(loaded: Mapping, init: Mapping, dont_load: Sequence[str] = ()):
+  """Returns `init`'s tree with leaves taken from `loaded`.
+
+  A parameter keeps its fresh init when its '/'-joined name fully matches one
+  of the `dont_load` regexes (e.g. "head/.*" to fine-tune on a new label set).
+  Every other parameter must be in `loaded` with the same shape, and `loaded`
+  must hold nothing the model lacks (unless matched by `dont_load`): silently
+  dropping or inventing weights hides real bugs (a renamed module, the wrong
+  variant), so any mismatch raises one ValueError that lists all offending
+  names with both shapes.
+
+  Loaded leaves are cast to the init leaf's dtype when they differ; values
+  come back as numpy arrays (init leaves that are kept are returned as is).
+  """
+  patterns = _compile(dont_load)
+
+  def skip(name):
+    return any(p.fullmatch(name) for p in patterns)
+
+  flat_loaded = utils.flatten_dict(loaded)
+  flat_init = utils.flatten_dict(init)
+
+  missing = [n for n in flat_init if n not in flat_loaded and not skip(n)]
+  unexpected = [n for n in flat_loaded if n not in flat_init and not skip(n)]
+  wrong_shape = [n for n in flat_init
+                 if n in flat_loaded and not skip(n)
+                 and _shape(flat_loaded[n]) != _shape(flat_init[n])]
+  if missing or unexpected or wrong_shape:
+    parts = ["Checkpoint does not match the model."]
+    if wrong_shape:
+      parts.append(_listing("Shape differs (checkpoint vs model)", [
+          f"{n}: {_shape(flat_loaded[n])} vs {_shape(flat_init[n])}"
+          for n in wrong_shape]))
+    if missing:
+      parts.append(_listing("In the model but not in the checkpoint", [
+          f"{n}: {_shape(flat_init[n])}" for n in missing]))
+    if unexpected:
+      parts.append(_listing("In the checkpoint but not in the model", [
+          f"{n}: {_shape(flat_loaded[n])}" for n in unexpected]))
+    parts.append("To keep the model's fresh init for some of these (e.g. a "
+                 "new head), pass dont_load regexes such as ('head/.*',).")
+    raise ValueError("\n".join(parts))
+
+  merged, kept = {}, []
+  for name, init_leaf in flat_init.items():
+    if skip(name) or name not in flat_loaded:
+      merged[name] = init_leaf
+      kept.append(name)
+      continue
+    value = np.asarray(flat_loaded[name])
+    if value.dtype != init_leaf.dtype:
+      value = value.astype(init_leaf.dtype)
+    merged[name] = value
+  ignored = [n for n in flat_loaded if n not in flat_init]
+  if kept:
+    logging.info("Not loaded from the checkpoint (fresh init kept): %s",
+                 ", ".join(kept))
+  if ignored:
+    logging.info("In the checkpoint but unused (dont_load): %s",
+                 ", ".join(ignored))
+  return utils.unflatten_dict(merged)

@@ -1,0 +1,122 @@
+"""End-to-end tests of big_vision/train.py on the embedded digits data."""
+import glob
+import importlib.util
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from big_vision import checkpoint
+from big_vision import metric_writer
+from big_vision import train
+from big_vision import utils
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(REPO, "big_vision", "configs")
+
+
+def load_config(path, arg=None):
+  spec = importlib.util.spec_from_file_location("cfg", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
+def all_config_files():
+  files = glob.glob(os.path.join(CONFIG_DIR, "**", "*.py"), recursive=True)
+  return sorted(os.path.relpath(f, REPO) for f in files
+                if not os.path.basename(f).startswith(("_", "common")))
+
+
+def tiny_digits(**overrides):
+  config = load_config(os.path.join(CONFIG_DIR, "vit_digits.py"), "runlocal")
+  config.model = dict(width=32, depth=1, mlp_dim=64, num_heads=2,
+                      patch_size=(8, 8), pool_type="gap")
+  config.schedule = dict(decay_type="constant")
+  config.evals = {}
+  for k, v in overrides.items():
+    config[k] = v
+  return config
+
+
+def flat_params(workdir):
+  return utils.flatten_dict(checkpoint.load_params(workdir))
+
+
+@pytest.mark.parametrize("config_file", all_config_files())
+def test_every_config_runs_two_steps_with_runlocal(config_file, tmp_path):
+  config = load_config(os.path.join(REPO, config_file), "runlocal")
+  assert config.total_steps <= 5, "runlocal must shrink the run"
+  final = train.train(config, str(tmp_path))
+  assert np.isfinite(final["training_loss"])
+  lines = metric_writer.read(str(tmp_path))
+  assert lines[-1]["step"] == config.total_steps
+  assert any("test/prec@1" in l for l in lines)
+
+
+def test_resume_continues_from_checkpoint_and_matches_uninterrupted(tmp_path):
+  # Uninterrupted: 6 steps.
+  full = tiny_digits(total_steps=6, ckpt_steps=3)
+  train.train(full, str(tmp_path / "full"))
+  # Interrupted after the first checkpoint (step 3), then the same command.
+  part = tiny_digits(total_steps=3, ckpt_steps=3)
+  train.train(part, str(tmp_path / "resumed"))
+  assert checkpoint.Checkpointer(str(tmp_path / "resumed")).latest_step() == 3
+  train.train(tiny_digits(total_steps=6, ckpt_steps=3), str(tmp_path / "resumed"))
+
+  steps = [l["step"] for l in metric_writer.read(str(tmp_path / "resumed"))
+           if "training_loss" in l]
+  assert steps == list(range(1, 7)), steps  # each step exactly once
+  a, b = flat_params(tmp_path / "full"), flat_params(tmp_path / "resumed")
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_export_then_model_init_starts_from_those_params(tmp_path):
+  train.train(tiny_digits(total_steps=2), str(tmp_path / "pre"))
+  npz = str(tmp_path / "model.npz")
+  subprocess.run([sys.executable, os.path.join(REPO, "tools", "export.py"),
+                  "--workdir", str(tmp_path / "pre"), "--out", npz],
+                 check=True, capture_output=True)
+  exported = utils.flatten_dict(checkpoint.load_params(npz))
+  np.testing.assert_array_equal(
+      exported["head/kernel"], flat_params(tmp_path / "pre")["head/kernel"])
+
+  # lr 0: the run's params stay exactly the loaded ones.
+  config = tiny_digits(total_steps=1, model_init=npz, lr=0.0, wd=0.0)
+  train.train(config, str(tmp_path / "init"))
+  after = flat_params(tmp_path / "init")
+  for k, v in exported.items():
+    np.testing.assert_array_equal(after[k], v, err_msg=k)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(input=dict(batch_size=12)), "not divisible by the 8"),
+    (dict(loss="softmax_xnet"), "Did you mean 'softmax_xent'"),
+    (dict(optax_name="scale_by_adamm"), "scale_by_adamm"),
+    (dict(evals=dict(t=dict(type="clasification", log_steps=1))),
+     "Did you mean 'classification'"),
+    (dict(schedule=[(".*/kernel", dict(decay_type="constant"))]),
+     "match no pattern of config.schedule"),
+    (dict(model_name="vitt"), "Did you mean 'vit'"),
+])
+def test_bad_config_fails_before_compiling(overrides, message, tmp_path,
+                                           monkeypatch):
+  config = tiny_digits(total_steps=2)
+  for k, v in overrides.items():
+    if isinstance(v, dict) and k == "input":
+      config.input.update(v)
+    else:
+      with config.ignore_type():
+        config[k] = v
+  compiled = []
+  real_jit = jax.jit
+  monkeypatch.setattr(train.jax, "jit", lambda *a, **k: compiled.append(1) or
+                      real_jit(*a, **k))
+  with pytest.raises(ValueError, match=message):
+    train.train(config, str(tmp_path))
+  assert not compiled, "the error must come before anything is compiled"
