@@ -32,6 +32,7 @@ import numpy as np
 
 from big_vision import utils
 from big_vision.models import common
+from big_vision.models import resnet_stem
 
 
 # ----------------------------------------------------------------------------
@@ -358,17 +359,24 @@ class _Model(nn.Module):
   remat_policy: str = "none"
   dtype_mm: Any = "float32"
   attn_impl: str = "auto"
-  resnet: Any = None  # Slot for a hybrid ResNet stem (not wired yet).
+  # Hybrid: dict(num_layers=50, width=1) runs the ViT-paper ResNet stem first
+  # and puts a (patch_size / stem stride) `embedding` conv on its feature map.
+  resnet: Any = None
 
   @nn.compact
   def __call__(self, image, *, train=False):
-    if self.resnet is not None:
-      raise NotImplementedError("ViT hybrid (ResNet stem) is not wired yet.")
     out = {}
     patch = tuple(self.patch_size)
+    x = image
+    if self.resnet is not None:
+      # Created in this scope, so names match the released hybrids
+      # (conv_root, gn_root, block1/unit1/..., next to embedding).
+      x = out["resnet"] = resnet_stem.build(x, **self.resnet)
+      stride = resnet_stem.output_stride(self.resnet.get("num_layers", 50))
+      patch = (patch[0] // stride, patch[1] // stride)
     x = out["stem"] = nn.Conv(
         self.width, patch, strides=patch, padding="VALID", name="embedding",
-        dtype=jnp.dtype(self.dtype_mm))(image)
+        dtype=jnp.dtype(self.dtype_mm))(x)
     n, h, w, c = x.shape
     x = jnp.reshape(x, (n, h * w, c))
     x = out["with_posemb"] = x + POSEMBS[self.posemb](self, h, w, c)
@@ -427,7 +435,9 @@ def Model(num_classes: int | None = None, *, variant: str | None = None,
   droppath_rate, pool_type ("tok"|"gap"|"map"|"none"), head_zeroinit,
   init_head_bias, scan, remat_policy ("none" or a jax.checkpoint_policies
   name), dtype_mm ("float32"|"bfloat16"), attn_impl
-  ("auto"|"xla"|"cudnn"|"einsum"), resnet (reserved).
+  ("auto"|"xla"|"cudnn"|"einsum"), resnet (hybrid stem, e.g.
+  dict(num_layers=50, width=1) for R50+ViT-B/16; patch_size stays in input
+  pixels).
 
   Every option is validated here, so a typo fails before any compute.
   """
@@ -435,10 +445,22 @@ def Model(num_classes: int | None = None, *, variant: str | None = None,
   for key in cfg:
     if key not in _OPTIONS:
       raise utils.unknown_name_error("ViT option", key, _OPTIONS)
+  if "patch_size" in cfg:
+    p = cfg["patch_size"]
+    cfg["patch_size"] = (p, p) if isinstance(p, int) else tuple(p)
   if cfg.get("resnet") is not None:
-    raise NotImplementedError(
-        "ViT hybrid models (resnet=...) are not wired yet: the ResNet stem "
-        "lands in a later change.")
+    resnet = dict(cfg["resnet"])
+    for key in resnet:
+      if key not in ("num_layers", "width"):
+        raise utils.unknown_name_error("ViT resnet option", key,
+                                       ("num_layers", "width"))
+    stride = resnet_stem.output_stride(resnet.get("num_layers", 50))
+    patch = cfg.get("patch_size", (16, 16))
+    if patch[0] % stride or patch[1] % stride:
+      raise ValueError(
+          f"ViT hybrid: patch_size {patch} (in input pixels) must be a "
+          f"multiple of the ResNet stem's stride {stride}.")
+    cfg["resnet"] = resnet
   _check_choice("ViT pool_type", cfg.get("pool_type", "gap"), POOLS)
   _check_choice("ViT posemb", cfg.get("posemb", "learn"), POSEMBS)
   _check_choice("ViT attn_impl", cfg.get("attn_impl", "auto"), ATTENTION_IMPLS)

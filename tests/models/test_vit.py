@@ -413,11 +413,6 @@ def test_bad_options_name_valid_choices(kw, needle):
   assert needle in str(e.value)
 
 
-def test_resnet_stem_not_wired_yet():
-  with pytest.raises(NotImplementedError):
-    vit.Model(10, variant="B/16", resnet=dict(depth=50))
-
-
 def test_import_without_tensorflow():
   code = textwrap.dedent("""
       import sys
