@@ -54,7 +54,7 @@ def test_every_config_runs_two_steps_with_runlocal(config_file, tmp_path):
   assert np.isfinite(final["training_loss"])
   lines = metric_writer.read(str(tmp_path))
   assert lines[-1]["step"] == config.total_steps
-  assert any("test/prec@1" in l for l in lines)
+  assert any(k.count("/") for l in lines for k in l), "no evaluator ran"
 
 
 def test_resume_continues_from_checkpoint_and_matches_uninterrupted(tmp_path):
