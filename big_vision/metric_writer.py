@@ -16,13 +16,15 @@ import jax
 class MetricWriter:
   """Writes scalars to TensorBoard event files and to `metrics.jsonl`."""
 
-  def __init__(self, workdir: str | None, *, resume_step: int = 0):
+  def __init__(self, workdir: str | None, *, resume_step: int | None = 0):
+    """`resume_step=None` appends without dropping anything (eval-only runs)."""
     self.is_writer = jax.process_index() == 0 and workdir is not None
     self.path = os.path.join(workdir, "metrics.jsonl") if workdir else None
     self._tb = None
     if self.is_writer:
       os.makedirs(workdir, exist_ok=True)
-      truncate_after(self.path, resume_step)
+      if resume_step is not None:
+        truncate_after(self.path, resume_step)
       from clu import metric_writers  # pylint: disable=g-import-not-at-top
       self._tb = metric_writers.create_default_writer(
           workdir, asynchronous=False)

@@ -14,6 +14,7 @@ import logging as py_logging
 import os
 import pkgutil
 import signal
+import sys
 from typing import Any
 
 from absl import app
@@ -29,6 +30,7 @@ import numpy as np
 import optax
 
 from big_vision import checkpoint
+from big_vision import config_check
 from big_vision import metric_writer
 from big_vision import objectives
 from big_vision import optax as bv_optax
@@ -36,12 +38,23 @@ from big_vision import sharding
 from big_vision import utils
 from big_vision.evaluators import common as evaluators
 
-config_flags.DEFINE_config_file(
-    "config", None, "Training configuration module.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
-flags.DEFINE_bool("distributed", None,
-                  "Call jax.distributed.initialize() (multi-process runs). "
-                  "Default: when JAX_COORDINATOR_ADDRESS is set.")
+
+
+def define_flags():
+  """Command-line flags, defined only when run as the trainer.
+
+  (Tools import this module for its functions and define their own flags.)
+  `--config.key=value` may add keys the config module does not set (e.g.
+  `model_init`); misspelt keys are caught by the config check before any
+  work starts.
+  """
+  config_flags.DEFINE_config_file(
+      "config", None, "Training configuration module.",
+      lock_config=False, accept_new_attributes=True)
+  flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
+  flags.DEFINE_bool("distributed", None,
+                    "Call jax.distributed.initialize() (multi-process runs). "
+                    "Default: when JAX_COORDINATOR_ADDRESS is set.")
 
 
 # ----------------------------------------------------------------------------
@@ -232,6 +245,8 @@ class _Preemption:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) `config` in `workdir`. Returns the final metrics."""
+  # Every config mistake fails here, in seconds, before anything compiles.
+  config_check.validate(config, workdir)
   preempt = _Preemption()
   mesh = sharding.make_mesh(config.get("mesh"))
   shards = sharding.num_data_shards(mesh)
@@ -272,7 +287,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   logging.info("Model %s: %s parameters.", config.model_name,
                f"{utils.tree_count(state_shape['params']):,}")
 
-  writer = metric_writer.MetricWriter(workdir, resume_step=first_step)
+  # Lines after the restored step are redone; with no checkpoint, all are
+  # (the step-0 evals included), so every step appears exactly once.
+  writer = metric_writer.MetricWriter(
+      workdir, resume_step=first_step if first_step else -1)
   predict_fn = make_predict_fn(model)
   evals = evaluators.from_config(config, predict_fn, mesh,
                                  total_steps=total_steps,
@@ -338,21 +356,25 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       final["training_loss"] = float(info["training_loss"])
       last_log_step = step
 
+    # Evals of a step run BEFORE its checkpoint: once the checkpoint exists,
+    # a resumed run starts after this step and would never redo them. On
+    # preemption they are skipped: the grace period is for the checkpoint.
+    if not preempt.requested:
+      run_evals(step)
     if preempt.requested or (ckpt_every and step % ckpt_every == 0) or (
         step == total_steps):
       chrono.pause()
-      ckpt.save(step, state)
-      chrono.resume()
+      ckpt.save(step, state)  # Returns once the arrays are on the host, so
+      chrono.resume()         # the next step may donate `state`'s buffers.
     if preempt.requested:
       ckpt.wait()
       writer.flush()
+      writer.close()
       msg = (f"Preempted (SIGTERM): checkpoint of step {step} written to "
              f"{workdir}. Resume with the same command.")
       logging.warning(msg)
       print(msg, flush=True)
       return final
-
-    run_evals(step) if step != first_step else None
 
   ckpt.wait()
   writer.flush()
@@ -383,10 +405,31 @@ def main(argv):
     distributed = bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
   if distributed:
     jax.distributed.initialize()
-  final = train(config, workdir)
+  try:
+    final = train(config, workdir)
+  except config_check.ConfigError as e:
+    # One line a user can act on, not a traceback (see config_check).
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
   for k, v in sorted(final.items()):
     print(f"{k}: {v:.5f}")
 
 
+def _parse_flags_or_exit(argv):
+  """absl's flag parsing, but a bad --config (file, :arg or override) is one
+  `error:` line and exit status 2, like the errors of config_check."""
+  try:
+    argv = flags.FLAGS(argv)
+    if flags.FLAGS.config is None:
+      raise flags.Error("--config is required.")
+    flags.FLAGS.config.keys()  # A config file that failed to load raises.
+  except (flags.Error, OSError, ValueError) as e:
+    print(f"error: {config_check.flag_error_line(e)}", file=sys.stderr,
+          flush=True)
+    sys.exit(2)
+  return argv
+
+
 if __name__ == "__main__":
-  app.run(main)
+  define_flags()
+  app.run(main, flags_parser=_parse_flags_or_exit)

@@ -31,8 +31,9 @@ def get_fewshot_lsr(runlocal=False, imagenet=False, log_steps=5000,
   `res`: input resolution (default 224, or 16 for the digits).
   """
   if runlocal:
-    pp = (f"decode|resize({res or 16})|value_range(-1, 1)"
-          "|keep('image', 'label')")
+    res = res or 16  # As configs/common.py's digits eval: centre of 5/4 res.
+    pp = (f"decode|resize({res * 5 // 4})|central_crop({res})"
+          "|value_range(-1, 1)|keep('image', 'label')")
     return ml_collections.ConfigDict(dict(
         type="fewshot_lsr", log_steps=log_steps,
         datasets={"digits": ("digits", "train", "test")},

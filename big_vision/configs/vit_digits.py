@@ -7,7 +7,8 @@ Data: scikit-learn's 1,797 8x8 digits, train = first 1,500, test = the last
 297 (other writers), upsampled to 20x20, randomly cropped to 16x16 (centre
 crop for eval) and cut into 4x4 patches (16 tokens); mixup 0.2.
 Expected: test prec@1 0.96 after 60 epochs (704 steps), about two minutes on
-2 CPU cores (`make demo` runs exactly this).
+2 CPU cores (`make demo` runs exactly this). The `fewshot` evaluator reports
+1/5/10-shot linear-probe accuracy of the pre-logits (digits_10shot ...).
 
 Args (`vit_digits.py:arg1,arg2=...`): runlocal (2 steps, for tests),
 variant (a ViT variant such as "Ti/4" instead of the tiny custom width).
@@ -15,6 +16,7 @@ variant (a ViT variant such as "Ti/4" instead of the tiny custom width).
 import ml_collections
 
 from big_vision.configs import common
+from big_vision.configs import common_fewshot
 
 
 def get_config(arg=None):
@@ -46,8 +48,13 @@ def get_config(arg=None):
   config.ckpt_steps = 200
   config.evals = ml_collections.ConfigDict()
   config.evals.test = common.digits_eval(res=arg.res, log_steps=200)
+  # 1/5/10-shot linear probes of the pre-logits, at the start and the end.
+  config.evals.fewshot = common_fewshot.get_fewshot_lsr(
+      runlocal=True, res=arg.res, log_steps=100_000)
 
   if arg.runlocal:
     common.runlocal_shrink(config, res=arg.res, steps=2, batch_size=16)
+    config.evals.fewshot = common_fewshot.get_fewshot_lsr(
+        runlocal=True, res=arg.res, log_steps=100_000)
     config.schedule = dict(warmup_steps=1, decay_type="cosine")
   return config

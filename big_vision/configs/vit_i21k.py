@@ -14,6 +14,7 @@ Args: variant, runlocal.
 import ml_collections
 
 from big_vision.configs import common
+from big_vision.configs import common_fewshot
 
 
 def get_config(arg=None):
@@ -49,10 +50,13 @@ def get_config(arg=None):
       type="classification", data=dict(name="imagenet21k", split="full[:51200]"),
       pp_fn="decode|resize_small(256)|central_crop(224)" + pp_common,
       batch_size=1024, log_steps=5000, loss_name="sigmoid_xent")
+  config.evals.fewshot = common_fewshot.get_fewshot_lsr(log_steps=5000)
 
   if arg.runlocal:
     common.runlocal_shrink(config)
     config.model.variant = "mu/4"
     config.evals.test.loss_name = "sigmoid_xent"
+    config.evals.fewshot = common_fewshot.get_fewshot_lsr(runlocal=True,
+                                                          res=32)
     config.schedule = dict(warmup_steps=1, decay_type="cosine")
   return config
