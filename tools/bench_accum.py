@@ -1,0 +1,112 @@
+r"""Memory of the transfer train step vs gradient accumulation (compile only).
+
+Builds exactly the step `train.py` runs for `configs/transfer.py` (model,
+objective, optimizer, shardings, `make_update_fn` with `accum_steps`), from
+`jax.eval_shape`'d state: nothing is allocated and nothing executes, so a
+ViT-B/16 step at batch 512 can be analysed on a laptop CPU. Reports XLA's
+`memory_analysis()` of the compiled step, per device:
+
+  temp  = activations + scratch (what accumulation shrinks),
+  args  = train state + batch,  out = the new state (aliases args: donated).
+
+  python tools/bench_accum.py                            # B/16, 224px, 512
+  python tools/bench_accum.py --model B/16 --crop 384 --accum 1,4,16 \
+      --devices 1 --json out.json
+
+`--devices N` fakes N CPU devices (data parallel: per-device numbers then
+cover batch/N examples). CPU and GPU/TPU compilers plan memory differently;
+the ratios between accum settings are the transferable part.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def _measure(model_name, crop, batch, accum):
+  # Imported here, after main() has set XLA_FLAGS (the device count).
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import numpy as np
+  import optax
+  from big_vision import objectives
+  from big_vision import optax as bv_optax
+  from big_vision import sharding
+  from big_vision import train
+  from big_vision.configs import transfer
+  # pylint: enable=g-import-not-at-top
+
+  config = transfer.get_config(f"model={model_name},crop={crop},"
+                               f"batch_size={batch},accum_steps={accum}")
+  mesh = sharding.make_mesh(config.get("mesh"))
+  _, model = train.create_model(config)
+  objective = objectives.make(config, model, mesh)
+  specs = {"image": ((batch, crop, crop, 3), np.float32)}
+  rng = jax.random.PRNGKey(0)
+  params_shape = jax.eval_shape(
+      lambda r: train.init_fn_for(config, model, optax.identity(), specs)(r)
+      ["params"], rng)
+  tx, _ = bv_optax.make(config, params_shape,
+                        sched_kw=dict(total_steps=config.total_steps))
+  state_shape = jax.eval_shape(train.init_fn_for(config, model, tx, specs),
+                               rng)
+  shardings = train.state_shardings(config, mesh, state_shape)
+  update = train.make_update_fn(config, objective, tx, mesh, shardings)
+  batch_shape = {
+      "image": jax.ShapeDtypeStruct((batch, crop, crop, 3), np.float32),
+      "labels": jax.ShapeDtypeStruct((batch, config.num_classes), np.float32)}
+  t0 = time.perf_counter()
+  compiled = update.lower(state_shape, batch_shape).compile()
+  compile_s = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  gib = lambda b: round(b / 2**30, 3)
+  return dict(model=model_name, crop=crop, batch=batch, accum=accum,
+              devices=jax.device_count(),
+              micro_batch_per_device=batch // accum // jax.device_count(),
+              params=int(sum(np.prod(x.shape) for x in
+                             jax.tree.leaves(params_shape))),
+              temp_gib=gib(mem.temp_size_in_bytes),
+              args_gib=gib(mem.argument_size_in_bytes),
+              out_gib=gib(mem.output_size_in_bytes),
+              alias_gib=gib(mem.alias_size_in_bytes),
+              compile_s=round(compile_s, 1),
+              platform=jax.devices()[0].platform)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--model", default="B/16",
+                      help="a configs/transfer.py MODELS name")
+  parser.add_argument("--crop", type=int, default=224)
+  parser.add_argument("--batch", type=int, default=512)
+  parser.add_argument("--accum", default="1,4,16")
+  parser.add_argument("--devices", type=int, default=1,
+                      help="number of (fake) CPU devices")
+  parser.add_argument("--json", default=None, help="also write rows here")
+  args = parser.parse_args()
+
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count="
+                             f"{args.devices}").strip()
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+      __file__))))
+  rows = [_measure(args.model, args.crop, args.batch, int(k))
+          for k in args.accum.split(",")]
+  cols = ["accum", "micro_batch_per_device", "temp_gib", "args_gib",
+          "out_gib", "compile_s"]
+  print(f"{args.model} @ {args.crop}px, batch {args.batch}, "
+        f"{rows[0]['params']:,} params, {rows[0]['devices']} "
+        f"{rows[0]['platform']} device(s); per-device XLA memory_analysis:")
+  print("| " + " | ".join(cols) + " |")
+  print("|" + "---|" * len(cols))
+  for r in rows:
+    print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
