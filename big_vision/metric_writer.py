@@ -10,6 +10,7 @@ import json
 import math
 import os
 
+from absl import logging
 import jax
 
 
@@ -25,15 +26,20 @@ class MetricWriter:
       os.makedirs(workdir, exist_ok=True)
       if resume_step is not None:
         truncate_after(self.path, resume_step)
-      from clu import metric_writers  # pylint: disable=g-import-not-at-top
-      self._tb = metric_writers.create_default_writer(
-          workdir, asynchronous=False)
+      try:  # clu's TensorBoard writer needs tensorflow (GPU boxes may lack it).
+        from clu import metric_writers  # pylint: disable=g-import-not-at-top
+        self._tb = metric_writers.create_default_writer(
+            workdir, asynchronous=False)
+      except ImportError:
+        logging.warning("tensorflow unavailable: metrics go to %s only.",
+                        self.path)
 
   def write(self, step: int, metrics: dict[str, float]):
     if not self.is_writer or not metrics:
       return
     metrics = {k: float(v) for k, v in metrics.items()}
-    self._tb.write_scalars(step, metrics)
+    if self._tb is not None:
+      self._tb.write_scalars(step, metrics)
     line = {"step": int(step)}
     line.update({k: (v if math.isfinite(v) else str(v))
                  for k, v in metrics.items()})

@@ -10,19 +10,41 @@ Names resolve in this order: source kinds (`imagefolder`, `jsonl`), embedded
 datasets (`digits`; each one line: `core.register_embedded(name, Builder)`),
 then TFDS ("name" or "name:version") in `data_dir` or $TFDS_DATA_DIR.
 This package (with pp/ and input_pipeline.py) is where tensorflow lives.
+
+The package imports lazily: `import big_vision.datasets.synthetic` (on-device
+random batches for benchmarks) must work on machines without tensorflow, and
+importing a submodule runs this file first. So `core` and the modules that
+register sources are imported on the first access to one of the names below
+(`datasets.get`, ...), never at import time. A new registering module adds its
+name to `_REGISTERING_MODULES`.
 """
-from big_vision.datasets.core import ColumnsSource
-from big_vision.datasets.core import DataSource
-from big_vision.datasets.core import default_embedded_data_dir
-from big_vision.datasets.core import embedded_names
-from big_vision.datasets.core import get
-from big_vision.datasets.core import prepare_embedded
-from big_vision.datasets.core import register_embedded
-from big_vision.datasets.core import register_source
-from big_vision.datasets.core import source_names
-# Imported for their registrations.
-# pylint: disable=g-bad-import-order
-from big_vision.datasets import digits as _digits
-from big_vision.datasets import imagefolder as _imagefolder
-from big_vision.datasets import jsonl as _jsonl
-from big_vision.datasets import tfds_source as _tfds_source
+import importlib
+
+# Re-exported from `core` on first use.
+_CORE_NAMES = ("ColumnsSource", "DataSource", "default_embedded_data_dir",
+               "embedded_names", "get", "prepare_embedded",
+               "register_embedded", "register_source", "source_names")
+# Imported (once, on first use of a core name) for their registrations.
+_REGISTERING_MODULES = ("digits", "imagefolder", "jsonl", "shapes_captions",
+                        "tfds_source")
+
+__all__ = list(_CORE_NAMES)
+
+
+def _load():
+  core = importlib.import_module(f"{__name__}.core")
+  for name in _REGISTERING_MODULES:
+    importlib.import_module(f"{__name__}.{name}")
+  for name in _CORE_NAMES:
+    globals()[name] = getattr(core, name)
+
+
+def __getattr__(name):
+  if name in _CORE_NAMES:
+    _load()
+    return globals()[name]
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_CORE_NAMES))
