@@ -21,12 +21,17 @@ Paths: local paths, or `gs://...` through `tf.io.gfile` when tensorflow is
 importable (imported lazily, only for such paths: this module must import on
 machines without tensorflow).
 """
+import glob
 import io
+import json
 import os
+import shutil
 import tempfile
+import time
 import uuid
 from typing import Any, Mapping
 
+from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -130,6 +135,11 @@ def load_params(path: str) -> dict:
 # Train state (orbax).
 # ----------------------------------------------------------------------------
 CKPT_SUBDIR = "checkpoints"
+# Written into each step's directory before orbax makes it final (renames it
+# or writes its commit marker): {relative path: size in bytes} of every file.
+MANIFEST = "_BV_FILES.json"
+_ITEMS = ("params", "rest")
+_TMP_MARK = ".orbax-checkpoint-tmp"
 
 
 def _split(state: dict) -> dict:
@@ -138,33 +148,218 @@ def _split(state: dict) -> dict:
           "rest": {k: v for k, v in state.items() if k != "params"}}
 
 
+# Rewritten by orbax when it commits the step, after the manifest is written:
+# only their existence is checked.
+_COMMIT_FILES = ("_CHECKPOINT_METADATA", "commit_success.txt")
+
+
+def _list_files(directory: str) -> dict[str, int | None]:
+  out = {}
+  for root, _, files in os.walk(directory):
+    for f in files:
+      if f.startswith(MANIFEST):
+        continue
+      path = os.path.join(root, f)
+      out[os.path.relpath(path, directory)] = (
+          None if f in _COMMIT_FILES else os.path.getsize(path))
+  return out
+
+
+def check_step_dir(step_dir: str, expect_manifest: bool = False) -> str | None:
+  """Why the checkpoint in `step_dir` cannot be used, or None if it can.
+
+  With a manifest (written by this class just before orbax finalized the
+  checkpoint) every listed file must exist with its recorded size: this
+  catches deleted and truncated array files at the cost of one stat per file,
+  without reading any data. Checkpoints without a manifest (other writers)
+  only get a structural check, unless `expect_manifest` (their siblings have
+  one, so this one lost it: e.g. a deletion of an old checkpoint that was
+  killed half-way).
+  """
+  if not os.path.isdir(step_dir):
+    return "its directory is missing"
+  manifest = os.path.join(step_dir, MANIFEST)
+  if expect_manifest and not os.path.exists(manifest):
+    return f"its file list {MANIFEST} is missing (partially deleted?)"
+  if os.path.exists(manifest):
+    try:
+      with open(manifest) as f:
+        expected = json.load(f)["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      return f"its file list {MANIFEST} is unreadable ({e})"
+    for rel, size in sorted(expected.items()):
+      path = os.path.join(step_dir, rel)
+      if not os.path.exists(path):
+        return f"file {rel} is missing"
+      actual = os.path.getsize(path)
+      if size is not None and actual != size:
+        return f"file {rel} has {actual} bytes instead of {size} (truncated)"
+    return None
+  for item in _ITEMS:
+    for name in ("_METADATA", "manifest.ocdbt"):
+      if not os.path.exists(os.path.join(step_dir, item, name)):
+        return f"file {item}/{name} is missing"
+  return None
+
+
 class Checkpointer:
   """Saves and restores the train state dict, one orbax item per entry.
 
-  Saves are asynchronous: training continues while arrays are written. Each
-  checkpoint is written to a temporary directory and renamed when complete,
-  so a kill mid-write leaves the previous checkpoint intact and
-  `latest_step()` never returns a partial one. Keeps the newest checkpoint
-  plus every `keep_every`-th step.
+  Crash safety, i.e. what a kill at any moment leaves behind:
+  * Saves are asynchronous, but the device-to-host copy of every array
+    happens inside `save()` (orbax's default for arrays without a transfer
+    priority), so the caller may donate the state's buffers to the next step
+    as soon as `save()` returns.
+  * A checkpoint is written into `<step>.orbax-checkpoint-tmp` and renamed to
+    `<step>` only when complete: a kill mid-write leaves the previous
+    checkpoints intact. Leftover tmp directories are deleted on start.
+  * Just before that rename, the size of every file is recorded in the step's
+    `_BV_FILES.json`. `latest_step()` checks it and skips (with a warning
+    naming the step and the reason) a newest checkpoint whose files were
+    since deleted or truncated; a writable Checkpointer moves such a
+    directory aside to `<step>.corrupt-<time>` so the step can be saved again.
+  * The newest `keep` (2) checkpoints are kept, so there is a previous one to
+    fall back to, plus every `keep_every`-th step. (A kill while orbax
+    deletes an old one can leave it half-deleted: it is never used, and
+    orbax deletes it again later.)
   """
 
   def __init__(self, workdir: str, *, keep_every: int | None = None,
-               async_save: bool = True, read_only: bool = False):
-    self.directory = os.path.abspath(os.path.join(workdir, CKPT_SUBDIR))
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=1, keep_period=keep_every or None,
-        enable_async_checkpointing=async_save, create=not read_only,
-        read_only=read_only)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+               keep: int = 2, async_save: bool = True,
+               read_only: bool = False):
+    self.directory = os.path.join(workdir, CKPT_SUBDIR)
+    if not _is_remote(self.directory):
+      self.directory = os.path.abspath(self.directory)
+    self.read_only = read_only
+    self._async = async_save
+    self._saving_step = None
+    if read_only:
+      options = ocp.CheckpointManagerOptions(
+          read_only=True, create=False, max_to_keep=None,
+          save_interval_steps=0)
+    else:
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=keep, keep_period=keep_every or None,
+          enable_async_checkpointing=async_save,
+          async_options=ocp.options.AsyncOptions(
+              post_finalization_callback=self._write_manifest)
+          if async_save else None)
+    if not read_only:
+      self._remove_tmp_dirs()
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={k: ocp.StandardCheckpointHandler() for k in _ITEMS})
+
+  # -- Integrity. --------------------------------------------------------------
+  def _remove_tmp_dirs(self):
+    """Deletes what writes killed mid-way left (before anything is written).
+
+    Done here, synchronously, rather than by orbax's asynchronous cleanup:
+    a new save of the same step must never race with the removal.
+    """
+    if _is_remote(self.directory) or jax.process_index() != 0:
+      return
+    for path in glob.glob(os.path.join(self.directory, f"*{_TMP_MARK}*")):
+      logging.warning("Removing %s, left by a checkpoint write that did not "
+                      "finish.", path)
+      shutil.rmtree(path, ignore_errors=True)
+
+  def _write_manifest(self):
+    """Runs after the arrays are written, before the step dir is final."""
+    step = self._saving_step
+    if step is None or jax.process_index() != 0 or _is_remote(self.directory):
+      return
+    try:
+      tmp = sorted(glob.glob(os.path.join(self.directory,
+                                          f"{step}{_TMP_MARK}*")))
+      step_dir = tmp[-1] if tmp else os.path.join(self.directory, str(step))
+      payload = json.dumps({"step": step, "files": _list_files(step_dir)})
+      tmp_file = os.path.join(step_dir, MANIFEST + ".tmp")
+      with open(tmp_file, "w") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp_file, os.path.join(step_dir, MANIFEST))
+    except Exception as e:  # pylint: disable=broad-except
+      # Never fail a save over its manifest: the step gets the weaker check.
+      logging.warning("Could not write the file list of checkpoint %s: %s",
+                      step, e)
+
+  def check(self, step: int) -> str | None:
+    """Why checkpoint `step` is unusable (see `check_step_dir`), or None."""
+    if _is_remote(self.directory):
+      return None  # Object stores: orbax's commit marker is all we have.
+    expect_manifest = bool(glob.glob(os.path.join(self.directory, "*",
+                                                  MANIFEST)))
+    return check_step_dir(os.path.join(self.directory, str(step)),
+                          expect_manifest=expect_manifest)
+
+  def all_steps(self) -> list[int]:
+    """Steps of finalized checkpoints, oldest first (complete or not)."""
+    self.manager.reload()
+    return sorted(self.manager.all_steps())
 
   def latest_step(self) -> int | None:
-    return self.manager.latest_step()
+    """The newest complete checkpoint's step; None if there is none.
 
+    Finalized but damaged checkpoints (files deleted or truncated since) are
+    skipped with a warning; a writable Checkpointer moves them aside.
+    """
+    steps = self.all_steps()
+    bad = []
+    for step in reversed(steps):
+      reason = self.check(step)
+      if reason is None:
+        break
+      bad.append((step, reason))
+    else:
+      step = None
+    for b, reason in bad:
+      fallback = (f"using the previous complete one, step {step}"
+                  if step is not None else
+                  "there is no earlier complete one: starting from scratch")
+      logging.warning("Checkpoint of step %d in %s is incomplete or corrupt: "
+                      "%s; %s.", b, self.directory, reason, fallback)
+    if bad and not self.read_only:
+      self._quarantine([b for b, _ in bad])
+    return step
+
+  def _quarantine(self, steps):
+    if jax.process_index() == 0:
+      stamp = time.strftime("%Y%m%d-%H%M%S")
+      for step in steps:
+        src = os.path.join(self.directory, str(step))
+        dst = f"{src}.corrupt-{stamp}"
+        try:
+          os.replace(src, dst)
+          logging.warning("Moved the damaged checkpoint %s aside to %s.", src,
+                          dst)
+        except OSError as e:
+          logging.warning("Could not move the damaged checkpoint %s aside: %s",
+                          src, e)
+    self.manager.reload()
+
+  # -- Save / restore. ---------------------------------------------------------
   def save(self, step: int, state: dict):
+    """Starts saving `state` as `step`; returns once the arrays are on host."""
+    # The previous save must be final before `_saving_step` changes: its
+    # manifest callback reads it. (orbax waits for it anyway.)
+    self.manager.wait_until_finished()
     if step in self.manager.all_steps():
       return
+    self._saving_step = step
     self.manager.save(step, args=ocp.args.Composite(
-        **{k: ocp.args.StandardSave(v) for k, v in _split(state).items()}))
+        **{k: ocp.args.StandardSave(v) for k, v in _split(state).items()}),
+                      force=True)
+    if not self._async:
+      self._write_manifest_after_the_fact(step)
+
+  def _write_manifest_after_the_fact(self, step):
+    # Synchronous saves are final when save() returns; no callback runs.
+    step_dir = os.path.join(self.directory, str(step))
+    if os.path.isdir(step_dir) and not os.path.exists(
+        os.path.join(step_dir, MANIFEST)):
+      self._write_manifest()
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -174,9 +369,16 @@ class Checkpointer:
     abstract = jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
         state_shape, shardings)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        **{k: ocp.args.StandardRestore(v)
-           for k, v in _split(abstract).items()}))
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          **{k: ocp.args.StandardRestore(v)
+             for k, v in _split(abstract).items()}))
+    except Exception as e:  # pylint: disable=broad-except
+      raise RuntimeError(
+          f"Could not restore the checkpoint of step {step} from "
+          f"{self.directory}: {type(e).__name__}: {e}. If it is damaged, move "
+          f"{os.path.join(self.directory, str(step))} aside to resume from the "
+          "previous checkpoint.") from e
     return {"params": restored["params"], **restored["rest"]}
 
   def restore_params_to_host(self, step: int | None = None) -> dict:

@@ -27,6 +27,7 @@ prefetch) so host->device copies overlap with compute.
 import collections
 import itertools
 import math
+import re
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import jax
@@ -142,28 +143,224 @@ def training(input_config, *, seed: int = 0, start_step: int = 0,
     positions = tf.data.Dataset.range(e * n_local, (e + 1) * n_local)
     return tf.data.Dataset.zip(positions, ds)
 
-  start = int(start_step) * local_bs
-  first_epoch, offset = divmod(start, n_local)
-  ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch)
-  ds = ds.skip(offset)  # Raw examples only: nothing decoded yet.
-
   seed_hi = tf.constant(int(seed) * 2**16 + process_index, tf.int64)
 
   def add_seed(position, ex):
     return {**ex, SEED_KEY: tf.stack([seed_hi, position])}
 
-  ds = ds.map(add_seed)
-  ds = ds.map(pp_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(local_bs, drop_remainder=True)
+  def raw_stream(start):
+    """Raw examples (+ `_seed`) from stream position `start` on."""
+    first_epoch, offset = divmod(start, n_local)
+    ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch)
+    ds = ds.skip(offset)  # Raw examples only: nothing decoded yet.
+    return ds.map(add_seed)
+
+  start = int(start_step) * local_bs
+  ds = raw_stream(start)
+  skip_corrupt = bool(_get(input_config, "skip_corrupt", False))
+  if skip_corrupt:
+    ds = _pp_batches_skipping_corrupt(ds, pp_fn, local_bs, start)
+  else:
+    ds = ds.map(pp_fn, num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    ds = ds.batch(local_bs, drop_remainder=True)
   prefetch = _get(input_config, "prefetch", 2)
   if prefetch:  # -1 is tf.data.AUTOTUNE.
     ds = ds.prefetch(int(prefetch))
-  return ds.with_options(_deterministic_options()), source.total_examples
+  ds = ds.with_options(_deterministic_options())
+  # What `as_numpy` needs to name a corrupt example (see _Stream).
+  ds._bv_stream = _Stream(  # pylint: disable=protected-access
+      raw_stream=raw_stream, pp_fn=pp_fn, local_bs=local_bs,
+      start_step=int(start_step), n_local=n_local,
+      data=_as_dict(input_config["data"]), skip_corrupt=skip_corrupt)
+  return ds, source.total_examples
+
+
+# ----------------------------------------------------------------------------
+# Corrupt examples (undecodable images, ...) in the training stream.
+# ----------------------------------------------------------------------------
+# By default the first example whose pp fails stops training with a
+# CorruptExampleError that names it (source id / file name, stream position,
+# step). With `config.input.skip_corrupt=True` such examples are skipped and
+# counted instead. Skipping keeps exact resume: each batch is still made from
+# the same `local_bs` stream positions, the failed rows are replaced by
+# repeats of the batch's good rows, so batch b always covers positions
+# [start + b * local_bs, start + (b + 1) * local_bs) whatever failed before.
+# (Only a batch whose every example fails is dropped, with a warning.)
+CORRUPT_KEY = "_corrupt_positions"  # [local_bs] int64: -1, or a failed position.
+_POSITION_KEY = "_position"
+_WINDOW_KEY = "_window_start"  # [local_bs] int64: the batch's first position.
+_ID_KEYS = ("id", "tfds_id", "file_name", "filename", "image/filename", "path",
+            "key", "image_id")
+_MAX_NAMED = 10  # Corrupt examples named in warnings; the rest are counted.
+
+
+class CorruptExampleError(ValueError):
+  """A training example that pp cannot process (e.g. an undecodable image)."""
+
+
+def _pp_batches_skipping_corrupt(ds, pp_fn, local_bs: int, start: int):
+  """Batches of `local_bs` consecutive positions; failed examples replaced."""
+
+  def keep_position(ex):
+    out = pp_fn(ex)
+    out[_POSITION_KEY] = ex[SEED_KEY][1]
+    return out
+
+  def fill(batch):
+    batch = dict(batch)
+    pos = batch.pop(_POSITION_KEY)  # [k] positions that survived pp, k >= 1.
+    idx = tf.range(local_bs) % tf.shape(pos)[0]
+    out = {k: tf.gather(v, idx) for k, v in batch.items()}
+    first = start + (pos[0] - start) // local_bs * local_bs
+    window = first + tf.range(local_bs, dtype=tf.int64)
+    ok = tf.reduce_any(window[:, None] == pos[None, :], axis=1)
+    out[CORRUPT_KEY] = tf.where(ok, tf.constant(-1, tf.int64), window)
+    out[_WINDOW_KEY] = tf.fill([local_bs], first)
+    return out
+
+  def window_to_batch(window):
+    examples = tf.data.Dataset.zip(window)
+    survivors = examples.map(keep_position,
+                             num_parallel_calls=tf.data.AUTOTUNE,
+                             deterministic=True).ignore_errors()
+    return survivors.batch(local_bs).map(fill)
+
+  return ds.window(local_bs, drop_remainder=True).interleave(
+      window_to_batch, cycle_length=4, block_length=1,
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _example_ids(ex) -> str:
+  parts = []
+  for k in _ID_KEYS:
+    if k in ex:
+      v = np.asarray(ex[k])
+      if v.ndim == 0:
+        v = v.item()
+        parts.append(f"{k}={v.decode(errors='replace') if isinstance(v, bytes) else v!r}")
+  return ", ".join(parts)
+
+
+class _Stream:
+  """Enough of a training pipeline to re-read (raw) any of its positions."""
+
+  def __init__(self, *, raw_stream, pp_fn, local_bs, start_step, n_local,
+               data, skip_corrupt):
+    self.raw_stream = raw_stream
+    self.pp_fn = pp_fn
+    self.local_bs = local_bs
+    self.start_step = start_step
+    self.n_local = n_local
+    self.data = data
+    self.skip_corrupt = skip_corrupt
+
+  def describe(self, position: int, ex=None, error=None) -> str:
+    step = position // self.local_bs + 1
+    row = position % self.local_bs
+    epoch, index = divmod(position, self.n_local)
+    ids = _example_ids(ex) if ex is not None else ""
+    s = (f"training example {ids + ' ' if ids else ''}of {self.data} "
+         f"(this process's stream position {position}: epoch {epoch}, "
+         f"#{index} of the shuffled epoch; row {row} of the batch of step "
+         f"{step})")
+    if error is not None:
+      msg = " ".join(str(getattr(error, "message", error)).split())
+      msg = re.sub(r"\{\{[^}]*\}\}\s*", "", msg)  # TF's internal node names.
+      s += f": {type(error).__name__}: {msg[:500]}"
+    return s
+
+  def find_failures(self, first: int, count: int, limit: int = 1):
+    """[(position, raw example, error)] of examples whose pp fails."""
+    out = []
+    raw = self.raw_stream(first).take(count)
+    for i, ex in enumerate(raw):
+      try:
+        self.pp_fn(ex)
+      except Exception as e:  # pylint: disable=broad-except
+        out.append((first + i, {k: v.numpy() for k, v in ex.items()}, e))
+        if len(out) >= limit:
+          break
+    return out
+
+  def corrupt_error(self, batch_index: int, error) -> Exception:
+    """The error to raise when batch `batch_index` (0-based) failed."""
+    first = (self.start_step + batch_index) * self.local_bs
+    # The failure surfaces at its batch; look one batch further to be safe.
+    try:
+      found = self.find_failures(first, 2 * self.local_bs)
+    except Exception:  # pylint: disable=broad-except
+      found = []
+    if not found:
+      return error  # Not a per-example pp failure: re-raise as is.
+    position, ex, e = found[0]
+    return CorruptExampleError(
+        f"Cannot preprocess {self.describe(position, ex, e)}. Fix or remove "
+        "the example, or set config.input.skip_corrupt=True to skip and "
+        "count such examples.")
+
+
+class _NumpyBatches:
+  """Iterator of numpy batches that names corrupt examples (see above)."""
+
+  def __init__(self, ds, stream: "_Stream | None"):
+    self._it = ds.as_numpy_iterator()
+    self._stream = stream
+    self._index = 0
+    self._expected_first = None
+    self.num_skipped = 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    try:
+      batch = next(self._it)
+    except tf.errors.OpError as e:
+      if self._stream is None:
+        raise
+      raise self._stream.corrupt_error(self._index, e) from e
+    self._index += 1
+    if CORRUPT_KEY in batch:
+      self._count(batch.pop(CORRUPT_KEY))
+    if _WINDOW_KEY in batch:
+      first = int(batch.pop(_WINDOW_KEY)[0])
+      if self._expected_first is not None and first != self._expected_first:
+        from absl import logging  # pylint: disable=g-import-not-at-top
+        logging.warning(
+            "Every example at stream positions %d..%d failed pp: that whole "
+            "batch was dropped, so from here on a resumed run will not see "
+            "the same batches as an uninterrupted one.", self._expected_first,
+            first - 1)
+      self._expected_first = first + self._stream.local_bs
+    return batch
+
+  def _count(self, positions):
+    bad = [int(p) for p in positions if p >= 0]
+    if not bad:
+      return
+    named = []
+    for p in bad:
+      self.num_skipped += 1
+      if self.num_skipped <= _MAX_NAMED:
+        found = self._stream.find_failures(p, 1)
+        named.append(self._stream.describe(
+            p, *(found[0][1:] if found else (None, None))))
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    logging.warning(
+        "Skipped %d corrupt training example(s) (config.input.skip_corrupt"
+        "=True; %d so far)%s", len(bad), self.num_skipped,
+        (": " + "; ".join(named)) if named else ".")
 
 
 def as_numpy(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
-  """Iterator over a dataset's elements as (dicts of) numpy arrays."""
-  return ds.as_numpy_iterator()
+  """Iterator over a dataset's elements as (dicts of) numpy arrays.
+
+  For a `training` dataset, a failing example raises CorruptExampleError
+  naming it, and (with skip_corrupt) skipped ones are counted in the
+  iterator's `num_skipped` and logged.
+  """
+  return _NumpyBatches(ds, getattr(ds, "_bv_stream", None))
 
 
 class InferenceBatches:

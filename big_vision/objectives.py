@@ -54,9 +54,53 @@ def classification_objective(config, model, loss_name) -> Objective:
   return Objective(("image",), loss)
 
 
+def _embed_pair(model, params, batch, rng):
+  """(zimg, ztxt, out) of a two-tower model; text tokens live in "labels"."""
+  return model.apply({"params": params}, batch["image"], batch["labels"],
+                     train=True, rngs={"dropout": rng})
+
+
+def sigmoid_contrastive_objective(config, model, loss_name,
+                                  mesh=None) -> Objective:
+  """SigLIP: pairwise sigmoid loss over the global batch.
+
+  When the batch is split over several devices (and `config.chunked_loss`,
+  default True), the ring-chunked `losses.sigmoid_contrastive_loss_sharded`
+  is used: the same number as the full-matrix loss, without ever building
+  the global B x B matrix. A model without a bias parameter uses b = 0.
+  """
+  del loss_name
+  axes = None
+  if mesh is not None and config.get("chunked_loss", True):
+    from big_vision import sharding  # pylint: disable=g-import-not-at-top
+    if sharding.num_data_shards(mesh) > 1:
+      axes = sharding.data_axes(mesh)
+
+  def loss(params, batch, rng):
+    zimg, ztxt, out = _embed_pair(model, params, batch, rng)
+    b = out.get("b", jnp.zeros((), jnp.float32))
+    if axes is not None:
+      return losses.sigmoid_contrastive_loss_sharded(
+          zimg, ztxt, out["t"], b, mesh, axis_name=axes)
+    return losses.sigmoid_contrastive_loss(zimg, ztxt, out["t"], b)
+  return Objective(("image", "labels"), loss)
+
+
+def softmax_contrastive_objective(config, model, loss_name) -> Objective:
+  """CLIP / LiT: symmetric softmax cross-entropy over the global batch."""
+  del config, loss_name
+
+  def loss(params, batch, rng):
+    zimg, ztxt, out = _embed_pair(model, params, batch, rng)
+    return losses.softmax_contrastive_loss(zimg, ztxt, out["t"])
+  return Objective(("image", "labels"), loss)
+
+
 OBJECTIVES: dict[str, Callable[..., Objective]] = {
     "softmax_xent": classification_objective,
     "sigmoid_xent": classification_objective,
+    "sigmoid_contrastive": sigmoid_contrastive_objective,
+    "softmax_contrastive": softmax_contrastive_objective,
 }
 
 

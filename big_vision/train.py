@@ -36,6 +36,7 @@ from big_vision import objectives
 from big_vision import optax as bv_optax
 from big_vision import sharding
 from big_vision import utils
+from big_vision import xla_flags
 from big_vision.evaluators import common as evaluators
 
 
@@ -74,10 +75,19 @@ def model_module(name: str):
 
 
 def create_model(config):
+  """(model module, flax module) for `config.model_name` / `config.model`.
+
+  `config.compute_dtype` (e.g. "bfloat16") is the matmul dtype of every tower
+  (`dtype_mm`) unless the model config sets one itself; params stay float32.
+  """
   module = model_module(config.model_name)
   kwargs = dict(config.get("model") or {})
   if "num_classes" in config:
     kwargs["num_classes"] = config.num_classes
+  if config.get("compute_dtype"):
+    towers = [k for k in ("image", "text") if isinstance(kwargs.get(k), dict)]
+    for cfg in [kwargs[t] for t in towers] if towers else [kwargs]:
+      cfg.setdefault("dtype_mm", config.compute_dtype)
   return module, module.Model(**kwargs)
 
 
@@ -308,7 +318,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       state["params"] = params
       state["opt"] = jax.jit(tx.init, out_shardings=shardings["opt"])(params)
       if "ema_params" in state:
-        state["ema_params"] = params
+        # Own buffers: the step donates both trees.
+        state["ema_params"] = jax.tree.map(jnp.copy, params)
 
   update_fn = make_update_fn(config, objective, tx, mesh, shardings)
 
@@ -395,6 +406,7 @@ class _QuietLibraries:
 
 def main(argv):
   del argv
+  xla_flags.apply()  # Before jax touches a backend.
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = flags.FLAGS.config
   workdir = flags.FLAGS.workdir

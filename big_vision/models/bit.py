@@ -235,7 +235,7 @@ class ResNetV2(nn.Module):
 class _Model(nn.Module):
   """Wraps ResNetV2 under the `resnet` scope and fixes the call signature."""
   num_classes: int | None = None
-  depth: int = 50
+  depth: int | Sequence[int] = 50
   width: int = 1
   head_zeroinit: bool = True
 
@@ -246,8 +246,18 @@ class _Model(nn.Module):
                     self.head_zeroinit, name="resnet")(image)
 
 
-def blocks_for(depth: int) -> tuple[int, ...]:
-  """Units per block for a BiT depth (26, 50, 101, 152)."""
+def blocks_for(depth: int | Sequence[int]) -> tuple[int, ...]:
+  """Units per block for a BiT depth (26, 50, 101, 152).
+
+  An explicit sequence of units per block, e.g. (1, 1), is taken as is: the
+  released nets only use the registered depths, but a two-block net trains
+  in seconds on CPU, which is what configs' small test settings need.
+  """
+  if isinstance(depth, (list, tuple)):
+    if not depth or not all(isinstance(n, int) and n > 0 for n in depth):
+      raise ValueError(f"BiT depth={depth!r}: units per block must be a "
+                       "non-empty sequence of positive ints.")
+    return tuple(depth)
   if depth not in DEPTHS:
     raise utils.unknown_name_error("BiT depth", depth, map(str, DEPTHS))
   return DEPTHS[depth]
@@ -268,14 +278,17 @@ def Model(num_classes: int | None = None, *, variant: str | None = None,
           **kw) -> nn.Module:  # pylint: disable=invalid-name
   """BiT ResNet v2: `Model(1000, depth=50, width=1)` or `variant="R50x1"`.
 
-  Explicit keywords override what the variant sets. Valid keywords: depth,
-  width, head_zeroinit (and num_classes: None or 0 means no head).
+  Explicit keywords override what the variant sets. Valid keywords: depth
+  (26, 50, 101, 152, or units per block such as (1, 1)), width,
+  head_zeroinit (and num_classes: None or 0 means no head).
   """
   kw = {**decode_variant(variant), **kw}
   fields = {"depth", "width", "head_zeroinit"}
   for k in kw:
     if k not in fields:
       raise utils.unknown_name_error("BiT Model argument", k, fields)
+  if isinstance(kw.get("depth"), list):  # Configs may hold lists.
+    kw["depth"] = tuple(kw["depth"])
   blocks_for(kw.get("depth", 50))  # Fail early on a bad depth.
   return _Model(num_classes=num_classes, **kw)
 

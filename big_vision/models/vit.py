@@ -19,6 +19,16 @@ Notes on choices that matter for compatibility:
   stay float32; flax's `dtype` argument casts at use). LayerNorm statistics,
   softmax, the residual stream and the pre_logits/head layers stay float32:
   the residual adds many small updates and the logits feed the loss.
+* Sharding (big_vision/sharding.py): activations carry flax logical names
+  ("act_batch", "act_len", "act_emb", "act_mlp", "act_heads", "act_kv")
+  through `nn.with_logical_constraint`; they only constrain anything inside
+  `sharding.activation_context` (the train step), so evaluation and
+  single-device use are unaffected. `logical_axes=True` additionally boxes
+  every parameter with its logical names ("embed", "mlp", "heads", "kv",
+  "classes", and "layers" for the scanned depth axis) for the `logical`
+  sharding tactic; `model.init` then returns `nn.LogicallyPartitioned`
+  leaves (unbox with `flax.core.meta.unbox`); `apply` takes plain arrays
+  either way. Names and shapes of the parameters do not change.
 """
 import functools
 import re
@@ -75,6 +85,23 @@ def decode_variant(variant: str | None) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------
+# Logical axes (see the module doc and big_vision/sharding.py).
+# ----------------------------------------------------------------------------
+def _boxed(init, names, on: bool):
+  """`init`, annotated with logical axis `names` when `on`."""
+  return nn.with_logical_partitioning(init, names) if on else init
+
+
+def _constrain(x, names):
+  """Activation sharding constraint by logical names; a no-op outside
+  sharding.activation_context (no rules or no mesh)."""
+  return nn.with_logical_constraint(x, names)
+
+
+_ACT = ("act_batch", "act_len", "act_emb")
+
+
+# ----------------------------------------------------------------------------
 # Attention implementations: (q, k, v) [batch, len, heads, head_dim] -> same.
 # ----------------------------------------------------------------------------
 def _attention_einsum(q, k, v):
@@ -117,6 +144,7 @@ class MultiHeadDotProductAttention(nn.Module):
   num_heads: int
   dtype_mm: Any = "float32"
   attn_impl: str = "auto"
+  logical_axes: bool = False
 
   @nn.compact
   def __call__(self, inputs_q, inputs_kv):
@@ -125,17 +153,24 @@ class MultiHeadDotProductAttention(nn.Module):
       raise ValueError(f"width {width} is not divisible by num_heads "
                        f"{self.num_heads}.")
     head_dim = width // self.num_heads
+    on = self.logical_axes
     dense = functools.partial(
         nn.DenseGeneral, features=(self.num_heads, head_dim), axis=-1,
-        kernel_init=nn.initializers.xavier_uniform(),
+        kernel_init=_boxed(nn.initializers.xavier_uniform(),
+                           ("embed", "heads", "kv"), on),
+        bias_init=_boxed(nn.initializers.zeros, ("heads", "kv"), on),
         dtype=jnp.dtype(self.dtype_mm))
-    q = dense(name="query")(inputs_q)
-    k = dense(name="key")(inputs_kv)
-    v = dense(name="value")(inputs_kv)
+    qkv_names = ("act_batch", "act_len", "act_heads", "act_kv")
+    q = _constrain(dense(name="query")(inputs_q), qkv_names)
+    k = _constrain(dense(name="key")(inputs_kv), qkv_names)
+    v = _constrain(dense(name="value")(inputs_kv), qkv_names)
     x = ATTENTION_IMPLS[self.attn_impl](q, k, v)
+    x = _constrain(x, qkv_names)
     return nn.DenseGeneral(
         features=width, axis=(-2, -1),
-        kernel_init=nn.initializers.xavier_uniform(),
+        kernel_init=_boxed(nn.initializers.xavier_uniform(),
+                           ("heads", "kv", "embed"), on),
+        bias_init=_boxed(nn.initializers.zeros, ("embed",), on),
         dtype=jnp.dtype(self.dtype_mm), name="out")(x)
 
 
@@ -144,17 +179,32 @@ class MlpBlock(nn.Module):
   mlp_dim: int | None = None  # Defaults to 4 * width.
   dropout: float = 0.0
   dtype_mm: Any = "float32"
+  logical_axes: bool = False
 
   @nn.compact
   def __call__(self, x, deterministic=True):
-    inits = dict(kernel_init=nn.initializers.xavier_uniform(),
-                 bias_init=nn.initializers.normal(stddev=1e-6),
-                 dtype=jnp.dtype(self.dtype_mm))
+    on = self.logical_axes
+    xavier = nn.initializers.xavier_uniform()
+    tiny = nn.initializers.normal(stddev=1e-6)
+    dtype = jnp.dtype(self.dtype_mm)
     width = x.shape[-1]
-    x = nn.Dense(self.mlp_dim or 4 * width, **inits)(x)
+    x = nn.Dense(self.mlp_dim or 4 * width, dtype=dtype,
+                 kernel_init=_boxed(xavier, ("embed", "mlp"), on),
+                 bias_init=_boxed(tiny, ("mlp",), on))(x)
     x = nn.gelu(x)
+    x = _constrain(x, ("act_batch",) + ("act_len",) * (x.ndim - 2)
+                   + ("act_mlp",))
     x = nn.Dropout(rate=self.dropout)(x, deterministic)
-    return nn.Dense(width, **inits)(x)
+    return nn.Dense(width, dtype=dtype,
+                    kernel_init=_boxed(xavier, ("mlp", "embed"), on),
+                    bias_init=_boxed(tiny, ("embed",), on))(x)
+
+
+def _layer_norm(logical_axes: bool, name: str | None = None):
+  return nn.LayerNorm(
+      epsilon=1e-6, name=name,
+      scale_init=_boxed(nn.initializers.ones, ("embed",), logical_axes),
+      bias_init=_boxed(nn.initializers.zeros, ("embed",), logical_axes))
 
 
 def _drop_path(module: nn.Module, x, rate):
@@ -177,6 +227,7 @@ class Encoder1DBlock(nn.Module):
   deterministic: bool = True
   dtype_mm: Any = "float32"
   attn_impl: str = "auto"
+  logical_axes: bool = False
 
   @nn.compact
   def __call__(self, x, droppath_rate=0.0):
@@ -184,16 +235,18 @@ class Encoder1DBlock(nn.Module):
       y = nn.Dropout(rate=self.dropout)(y, self.deterministic)
       if self.use_droppath:
         y = _drop_path(self, y, droppath_rate)
-      return x + y
+      return _constrain(x + y, _ACT)
 
-    y = nn.LayerNorm(epsilon=1e-6)(x)
+    x = _constrain(x, _ACT)
+    y = _layer_norm(self.logical_axes)(x)
     y = MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype_mm=self.dtype_mm,
-        attn_impl=self.attn_impl)(y, y)
+        attn_impl=self.attn_impl, logical_axes=self.logical_axes)(y, y)
     x = residual(x, y)
-    y = nn.LayerNorm(epsilon=1e-6)(x)
+    y = _layer_norm(self.logical_axes)(x)
     y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout,
-                 dtype_mm=self.dtype_mm)(y, self.deterministic)
+                 dtype_mm=self.dtype_mm, logical_axes=self.logical_axes)(
+                     y, self.deterministic)
     x = residual(x, y)
     return x, x
 
@@ -221,6 +274,7 @@ class Encoder(nn.Module):
   deterministic: bool = True
   dtype_mm: Any = "float32"
   attn_impl: str = "auto"
+  logical_axes: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -230,7 +284,7 @@ class Encoder(nn.Module):
         mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout=self.dropout,
         use_droppath=bool(self.droppath_rate > 0 and not self.deterministic),
         deterministic=self.deterministic, dtype_mm=self.dtype_mm,
-        attn_impl=self.attn_impl)
+        attn_impl=self.attn_impl, logical_axes=self.logical_axes)
     block_cls = Encoder1DBlock
     if self.remat_policy != "none":
       block_cls = nn.remat(
@@ -241,7 +295,8 @@ class Encoder(nn.Module):
       scanned = nn.scan(
           block_cls, variable_axes={"params": 0},
           split_rngs={"params": True, "dropout": True},
-          in_axes=0, length=self.depth)
+          in_axes=0, length=self.depth,
+          metadata_params={nn.PARTITION_NAME: "layers"})
       x, per_layer = scanned(name="encoderblock", **block_kw)(
           x, jnp.asarray(rates, jnp.float32))
       for i in range(self.depth):
@@ -251,7 +306,7 @@ class Encoder(nn.Module):
         x, out[f"block{i:02d}"] = block_cls(
             name=f"encoderblock_{i}", **block_kw)(x, float(rates[i]))
     out["pre_ln"] = x
-    return nn.LayerNorm(epsilon=1e-6, name="encoder_norm")(x), out
+    return _layer_norm(self.logical_axes, name="encoder_norm")(x), out
 
 
 class MAPHead(nn.Module):
@@ -261,18 +316,22 @@ class MAPHead(nn.Module):
   num_heads: int = 12
   dtype_mm: Any = "float32"
   attn_impl: str = "auto"
+  logical_axes: bool = False
 
   @nn.compact
   def __call__(self, x):
     n, _, d = x.shape
-    probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, d),
-                       jnp.float32)
+    on = self.logical_axes
+    probe = self.param(
+        "probe", _boxed(nn.initializers.xavier_uniform(),
+                        (None, None, "embed"), on), (1, 1, d), jnp.float32)
     probe = jnp.broadcast_to(probe, (n, 1, d))
     x = MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype_mm=self.dtype_mm,
-        attn_impl=self.attn_impl)(probe, x)
-    y = nn.LayerNorm(epsilon=1e-6)(x)
-    x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype_mm=self.dtype_mm)(y)
+        attn_impl=self.attn_impl, logical_axes=on)(probe, x)
+    y = _layer_norm(on)(x)
+    x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype_mm=self.dtype_mm,
+                     logical_axes=on)(y)
     return x[:, 0]
 
 
@@ -298,9 +357,11 @@ def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 1e4,
 
 
 def _posemb_learn(module, h, w, width):
-  return module.param("pos_embedding",
-                      nn.initializers.normal(stddev=1 / np.sqrt(width)),
-                      (1, h * w, width), jnp.float32)
+  return module.param(
+      "pos_embedding",
+      _boxed(nn.initializers.normal(stddev=1 / np.sqrt(width)),
+             (None, None, "embed"), module.logical_axes),
+      (1, h * w, width), jnp.float32)
 
 
 def _posemb_sincos2d(module, h, w, width):
@@ -324,7 +385,8 @@ def _pool_gap(model, x):
 
 def _pool_map(model, x):
   head = MAPHead(mlp_dim=model.mlp_dim, num_heads=model.num_heads,
-                 dtype_mm=model.dtype_mm, attn_impl=model.attn_impl)
+                 dtype_mm=model.dtype_mm, attn_impl=model.attn_impl,
+                 logical_axes=model.logical_axes)
   return head(x), x
 
 
@@ -359,6 +421,7 @@ class _Model(nn.Module):
   remat_policy: str = "none"
   dtype_mm: Any = "float32"
   attn_impl: str = "auto"
+  logical_axes: bool = False
   # Hybrid: dict(num_layers=50, width=1) runs the ViT-paper ResNet stem first
   # and puts a (patch_size / stem stride) `embedding` conv on its feature map.
   resnet: Any = None
@@ -374,14 +437,21 @@ class _Model(nn.Module):
       x = out["resnet"] = resnet_stem.build(x, **self.resnet)
       stride = resnet_stem.output_stride(self.resnet.get("num_layers", 50))
       patch = (patch[0] // stride, patch[1] // stride)
+    on = self.logical_axes
     x = out["stem"] = nn.Conv(
         self.width, patch, strides=patch, padding="VALID", name="embedding",
+        kernel_init=_boxed(nn.linear.default_kernel_init,
+                           (None, None, None, "embed"), on),
+        bias_init=_boxed(nn.initializers.zeros, ("embed",), on),
         dtype=jnp.dtype(self.dtype_mm))(x)
     n, h, w, c = x.shape
     x = jnp.reshape(x, (n, h * w, c))
-    x = out["with_posemb"] = x + POSEMBS[self.posemb](self, h, w, c)
+    x = out["with_posemb"] = _constrain(
+        x + POSEMBS[self.posemb](self, h, w, c), _ACT)
     if self.pool_type == "tok":
-      cls = self.param("cls", nn.initializers.zeros, (1, 1, c), jnp.float32)
+      cls = self.param("cls", _boxed(nn.initializers.zeros,
+                                     (None, None, "embed"), on),
+                       (1, 1, c), jnp.float32)
       x = jnp.concatenate([jnp.broadcast_to(cls, (n, 1, c)).astype(x.dtype),
                            x], axis=1)
     x = nn.Dropout(rate=self.dropout)(x, not train)
@@ -391,7 +461,7 @@ class _Model(nn.Module):
         dropout=self.dropout, droppath_rate=self.droppath_rate,
         scan=self.scan, remat_policy=self.remat_policy,
         deterministic=not train, dtype_mm=self.dtype_mm,
-        attn_impl=self.attn_impl, name="Transformer")(x)
+        attn_impl=self.attn_impl, logical_axes=on, name="Transformer")(x)
     out.update(blocks)
     out["encoded"] = x
 
@@ -401,17 +471,24 @@ class _Model(nn.Module):
 
     if self.rep_size:
       rep_size = self.width if self.rep_size is True else int(self.rep_size)
-      pre_logits = nn.Dense(rep_size, name="pre_logits")
+      pre_logits = nn.Dense(
+          rep_size, name="pre_logits",
+          kernel_init=_boxed(nn.linear.default_kernel_init,
+                             ("embed", "pre_logits"), on),
+          bias_init=_boxed(nn.initializers.zeros, ("pre_logits",), on))
       x, x_2d = nn.tanh(pre_logits(x)), nn.tanh(pre_logits(x_2d))
     out["pre_logits"], out["pre_logits_2d"] = x, x_2d
 
     if self.num_classes:
-      kw = {}
-      if self.head_zeroinit:
-        kw["kernel_init"] = nn.initializers.zeros
-      if self.init_head_bias is not None:
-        kw["bias_init"] = nn.initializers.constant(self.init_head_bias)
-      head = nn.Dense(self.num_classes, name="head", **kw)
+      kernel_init = (nn.initializers.zeros if self.head_zeroinit
+                     else nn.linear.default_kernel_init)
+      bias_init = (nn.initializers.zeros if self.init_head_bias is None
+                   else nn.initializers.constant(self.init_head_bias))
+      head_in = "pre_logits" if self.rep_size else "embed"
+      head = nn.Dense(
+          self.num_classes, name="head",
+          kernel_init=_boxed(kernel_init, (head_in, "classes"), on),
+          bias_init=_boxed(bias_init, ("classes",), on))
       x = out["logits"] = head(x)
       out["logits_2d"] = head(x_2d)
     return x, out
@@ -435,7 +512,8 @@ def Model(num_classes: int | None = None, *, variant: str | None = None,
   droppath_rate, pool_type ("tok"|"gap"|"map"|"none"), head_zeroinit,
   init_head_bias, scan, remat_policy ("none" or a jax.checkpoint_policies
   name), dtype_mm ("float32"|"bfloat16"), attn_impl
-  ("auto"|"xla"|"cudnn"|"einsum"), resnet (hybrid stem, e.g.
+  ("auto"|"xla"|"cudnn"|"einsum"), logical_axes (box params with flax
+  logical axis names for sharding's `logical` tactic), resnet (hybrid stem, e.g.
   dict(num_layers=50, width=1) for R50+ViT-B/16; patch_size stays in input
   pixels).
 

@@ -14,11 +14,17 @@ multiplied by lr); global grad-norm clip 1.0; sigmoid cross-entropy; MAP
 head without class token and without pre-logits layer; head bias init -10
 (sigmoid outputs start near 0, as almost every label is negative).
 
-Memory (tools/plan.py; ViT-G/14, 29,593 classes, 32 images per device, 256
-devices): the defaults here, a (data, fsdp=16) mesh with every large weight
-and its optimizer state sharded 16-way, the batch split over both axes,
-scan + remat("nothing_saveable") and bfloat16 matmuls, fit the 16 GiB of a
-TPUv3 core; see the plan's output in the docstring of tools/plan.py.
+Memory: with the defaults here, a (data, fsdp=16) mesh with every large
+weight and its optimizer state sharded 16-way, the batch split over both
+axes (also inside the model, see sharding.activation_context), scan +
+remat("nothing_saveable") and bfloat16 matmuls, ViT-G/14 (29,593 classes)
+at 32 images per device needs 6.1 GiB per device on 256 or 2048 devices
+(XLA's arguments + temporaries), well inside a TPUv3 core's 16 GiB; without
+remat it would need 126 GiB. Check any variant before launching:
+
+  python tools/plan.py --config \
+      big_vision/configs/proj/scaling_laws/train_vit_g.py:variant=G/14,dataset=jft \
+      --devices 256 --per_device_batch 32 --device_memory_gib 16
 
 Data: JFT-3B is not public; ImageNet-21k (21,843 classes, prepared in
 $TFDS_DATA_DIR) trains the same way and is the default. `dataset=jft` uses
@@ -92,8 +98,9 @@ def get_config(arg=None):
   # Tuples, not lists, so that --config.mesh="(('data', -1), ('fsdp', 32))"
   # can override them on the command line.
   config.mesh = (("data", -1), ("fsdp", arg.fsdp))
+  # Activations: the batch stays split over both axes inside the model too
+  # (sharding.default_rules; config.sharding_rules would override it).
   config.sharding_strategy = ((".*", "fsdp(axis='fsdp')"),)
-  config.sharding_rules = (("act_batch", ("data", "fsdp")),)
 
   config.log_training_steps = 50
   config.ckpt_steps = 1000

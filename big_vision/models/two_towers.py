@@ -1,0 +1,292 @@
+"""Two-tower image-text model (CLIP, LiT, SigLIP).
+
+  model = two_towers.Model(
+      image_model="vit", image=dict(variant="B/16", pool_type="map"),
+      text_model="text_transformer", text=dict(variant="B", vocab_size=32_000),
+      out_dim=768, temperature_init=10.0, bias_init=-10.0)
+  zimg, ztxt, out = model.apply({"params": p}, images, tokens, train=False)
+
+Each tower is a model module of this package chosen by name, built with its
+own config dict and `num_classes=out_dim` (its `head` is the projection into
+the shared space; `out_dim=None`, or None on one side of an
+`(img_dim, txt_dim)` pair, means no head: LiT feeds the locked ViT's
+representation through unchanged). `zimg` and `ztxt` are L2-normalised
+float32 embeddings; either input may be None to embed one side only (the
+other output is then None). `out` has the towers' intermediates prefixed
+"img/" and "txt/", the embeddings' norms before normalisation, "t" = exp of
+the learnable log-temperature and, when `bias_init` is set (SigLIP), "b".
+
+Parameter names follow the published LiT / SigLIP checkpoints: `img/...`
+(the image model's own names), `txt/...`, `t` and `b` (both of shape [1]),
+so their `.npz` files load with `load()`. The temperature is stored as its
+log: `temperature_init=10` gives t = log 10 (LiT, SigLIP), and the bias of
+SigLIP starts at -10 so that the ~B^2 negative pairs start with a small
+loss instead of swamping the B positives.
+"""
+import importlib
+import math
+import os
+import pkgutil
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from big_vision import utils
+from big_vision.models import common
+
+TOWERS = ("img", "txt")
+# Per-tower model modules' defaults that differ inside a two-tower model: a
+# zero-initialised projection head would make every embedding zero, where
+# L2 normalisation is undefined.
+TOWER_DEFAULTS: dict[str, dict[str, Any]] = {"vit": {"head_zeroinit": False}}
+_ALIASES = {"image": "img", "text": "txt", "temperature": "t", "bias": "b"}
+
+
+def _model_names() -> list[str]:
+  import big_vision.models as pkg  # pylint: disable=g-import-not-at-top
+  return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)
+                if m.name not in ("common", "two_towers")
+                and not m.name.startswith("_"))
+
+
+def tower_module(name: str, where: str):
+  """The model module `big_vision.models.<name>`; ValueError lists them."""
+  if name not in _model_names():
+    raise utils.unknown_name_error("tower model", name, _model_names(),
+                                   where=where)
+  return importlib.import_module(f"big_vision.models.{name}")
+
+
+def _normalize(z):
+  z = jnp.asarray(z, jnp.float32)
+  norm = jnp.linalg.norm(z, axis=-1, keepdims=True)
+  return z / (norm + 1e-8), norm[..., 0]
+
+
+class _TwoTowers(nn.Module):
+  """Prefer the `Model(...)` factory, which builds and validates the towers.
+
+  The towers are dataclass fields named `img` and `txt`: flax names a
+  submodule passed as a field after the field, which gives exactly the
+  published parameter prefixes whatever the tower's own factory does.
+  """
+  img: nn.Module
+  txt: nn.Module
+  temperature_init: float = 10.0
+  bias_init: float | None = None
+
+  @nn.compact
+  def __call__(self, image, text=None, *, train=False):
+    out = {}
+    zimg = ztxt = None
+    if image is not None:
+      x, tower_out = self.img(image, train=train)
+      out.update({f"img/{k}": v for k, v in tower_out.items()})
+      zimg, out["img/norm"] = _normalize(x)
+    if text is not None:
+      x, tower_out = self.txt(text, train=train)
+      out.update({f"txt/{k}": v for k, v in tower_out.items()})
+      ztxt, out["txt/norm"] = _normalize(x)
+    if zimg is not None and ztxt is not None and (
+        zimg.shape[-1] != ztxt.shape[-1]):
+      raise ValueError(
+          f"The image tower embeds into {zimg.shape[-1]} dims, the text tower "
+          f"into {ztxt.shape[-1]}: set out_dim so that both sides agree (e.g. "
+          "out_dim=(None, width of the image tower) for LiT).")
+
+    log_t = self.param("t", nn.initializers.constant(
+        math.log(self.temperature_init)), (1,), jnp.float32)
+    out["t/parameter"] = log_t[0]
+    out["t"] = jnp.exp(log_t[0])
+    if self.bias_init is not None:
+      b = self.param("b", nn.initializers.constant(self.bias_init), (1,),
+                     jnp.float32)
+      out["b"] = b[0]
+    return zimg, ztxt, out
+
+
+def _out_dims(out_dim) -> tuple[int | None, int | None]:
+  if out_dim is None or isinstance(out_dim, int):
+    return out_dim, out_dim
+  dims = tuple(out_dim)
+  if len(dims) != 2:
+    raise ValueError(f"out_dim must be an int, None or an (image, text) pair, "
+                     f"got {out_dim!r}.")
+  return dims[0], dims[1]
+
+
+def Model(num_classes: int | None = None, *, image_model: str = "vit",
+          text_model: str = "text_transformer", image=None, text=None,
+          out_dim=128, temperature_init: float = 10.0,
+          bias_init: float | None = None) -> _TwoTowers:  # pylint: disable=invalid-name
+  """Builds the two towers from their modules' names and config dicts.
+
+  Args:
+    num_classes: must be None (a two-tower model has no class head); it is
+      only in the signature because the trainer passes config.num_classes.
+    image_model: model module of the image tower ("vit", "bit", ...).
+    text_model: model module of the text tower ("text_transformer").
+    image: kwargs of the image tower's `Model` (e.g. variant, pool_type).
+    text: kwargs of the text tower's `Model` (e.g. variant, vocab_size).
+    out_dim: width of the shared embedding space: an int, or an
+      (image, text) pair where None means "no head on that side".
+    temperature_init: initial exp(t); SigLIP and LiT use 10.
+    bias_init: initial b (SigLIP: -10); None means no bias parameter.
+  """
+  if num_classes is not None:
+    raise ValueError(f"two_towers takes no num_classes (got {num_classes}); "
+                     "remove config.num_classes, the embedding width is "
+                     "config.model.out_dim.")
+  if not temperature_init > 0:
+    raise ValueError(f"temperature_init must be > 0 (t stores its log), got "
+                     f"{temperature_init}.")
+  img_dim, txt_dim = _out_dims(out_dim)
+  towers = {}
+  for tower, name, cfg, dim, key in (("img", image_model, image, img_dim,
+                                      "image"),
+                                     ("txt", text_model, text, txt_dim,
+                                      "text")):
+    module = tower_module(name, where=f"config.model.{key}_model")
+    kw = {**TOWER_DEFAULTS.get(name, {}), **dict(cfg or {})}
+    if "num_classes" in kw:
+      raise ValueError(f"config.model.{key}.num_classes: set the projection "
+                       "width with config.model.out_dim instead.")
+    towers[tower] = module.Model(num_classes=dim, **kw)
+  return _TwoTowers(img=towers["img"], txt=towers["txt"],
+                    temperature_init=float(temperature_init),
+                    bias_init=None if bias_init is None else float(bias_init))
+
+
+# ----------------------------------------------------------------------------
+# Checkpoints.
+# ----------------------------------------------------------------------------
+def _unwrap(tree: Mapping) -> dict:
+  """Published checkpoints keep everything under a top-level `params`."""
+  tree = dict(tree)
+  if set(tree) == {"params"}:
+    tree = dict(tree["params"])
+  return tree
+
+
+def _read(source) -> dict:
+  if isinstance(source, Mapping):
+    return _unwrap(source)
+  from big_vision import checkpoint  # pylint: disable=g-import-not-at-top
+  return _unwrap(checkpoint.load_params(os.fspath(source)))
+
+
+def _is_two_tower(tree: Mapping) -> bool:
+  return bool(set(tree) & set(TOWERS)) and set(tree) <= {*TOWERS, "t", "b"}
+
+
+def _tower_patterns(dont_load: Sequence[str], tower: str) -> list[str]:
+  """Two-tower dont_load regexes -> the tower's own names.
+
+  "img/head/.*" becomes "head/.*" for the image tower; patterns that name
+  the other tower are dropped; patterns without a tower prefix apply to
+  both towers' own names (and to t / b).
+  """
+  out = []
+  for p in dont_load:
+    prefix = p.split("/", 1)[0]
+    if prefix == tower:
+      out.append(p[len(tower) + 1:])
+    elif prefix not in TOWERS:
+      out.append(p)
+  return out
+
+
+def load(init_params: Mapping, init_files, model_cfg=None,
+         dont_load: Sequence[str] = ()) -> dict:
+  """Loads (parts of) a two-tower model into freshly initialised params.
+
+  Args:
+    init_params: the model's fresh params: {"img", "txt", "t"[, "b"]}.
+    init_files: either one path (`.npz` or a workdir) of a whole two-tower
+      checkpoint (a published LiT / SigLIP file, or a run of this model),
+      which must then provide every part the model has; or a dict
+      {"img": ..., "txt": ..., "t": ..., "b": ...} of the parts to load
+      (aliases "image", "text", "temperature", "bias"), each a path / workdir
+      / loaded tree, the rest keeping its fresh init. A tower's source may
+      be a single-tower checkpoint (e.g. an AugReg ViT `.npz` for LiT's
+      image tower) or a whole two-tower one, which is narrowed to that tower.
+      Each tower is loaded by its own model module's `load`, so ViT
+      checkpoints get their layout conversions and posemb resampling.
+    model_cfg: config.model (to find each tower's module and config).
+    dont_load: regexes on two-tower names ("img/head/.*"); see
+      `_tower_patterns` for how they reach the towers.
+
+  Returns:
+    A nested dict like `init_params`.
+  """
+  model_cfg = dict(model_cfg or {})
+  if hasattr(init_files, "to_dict"):  # A ConfigDict (config.model_init).
+    init_files = init_files.to_dict()
+  if isinstance(dont_load, str):
+    dont_load = (dont_load,)
+  dont_load = tuple(dont_load)
+  if isinstance(init_files, (str, os.PathLike)):
+    whole = _read(init_files)
+    if not _is_two_tower(whole):
+      raise ValueError(
+          f"{init_files!r} is not a two-tower checkpoint (top-level keys: "
+          f"{sorted(whole)}, expected img, txt, t[, b]). To load one tower "
+          "from it, pass config.model_init={'img': path} (or 'txt').")
+    sources = {k: whole[k] for k in (*TOWERS, "t", "b") if k in whole}
+    required = True
+  elif isinstance(init_files, Mapping):
+    sources = {}
+    for key, value in init_files.items():
+      part = _ALIASES.get(key, key)
+      if part not in (*TOWERS, "t", "b"):
+        raise utils.unknown_name_error(
+            "two-tower part", key, (*TOWERS, "t", "b", *_ALIASES),
+            where="config.model_init")
+      sources[part] = value
+    required = False
+  else:
+    raise ValueError(f"config.model_init must be a path or a dict of tower "
+                     f"paths, got {init_files!r}.")
+
+  restored = dict(init_params)
+  for tower, key in (("img", "image"), ("txt", "text")):
+    if tower not in sources:
+      if required and tower in init_params:
+        raise ValueError(f"The checkpoint has no {tower!r} tower; load the "
+                         "other parts with a dict model_init instead.")
+      continue
+    tree = _read(sources[tower])
+    if _is_two_tower(tree):
+      if tower not in tree:
+        raise ValueError(f"config.model_init[{tower!r}] is a two-tower "
+                         f"checkpoint without a {tower!r} tower.")
+      tree = _unwrap(tree[tower])
+    module = tower_module(
+        model_cfg.get(f"{key}_model", "vit" if tower == "img"
+                      else "text_transformer"),
+        where=f"config.model.{key}_model")
+    restored[tower] = module.load(init_params[tower], tree,
+                                  model_cfg.get(key),
+                                  dont_load=_tower_patterns(dont_load, tower))
+
+  scalars = {}
+  for name in ("t", "b"):
+    if name in sources:
+      value = sources[name]
+      if isinstance(value, (str, os.PathLike)):
+        tree = _read(value)
+        if name not in tree:
+          raise ValueError(f"config.model_init[{name!r}]: {value!r} has no "
+                           f"{name!r}.")
+        value = tree[name]
+      scalars[name] = value
+  init_scalars = {k: init_params[k] for k in ("t", "b") if k in init_params}
+  if required or scalars:
+    if not required:  # Only the named parts; the others keep their init.
+      init_part = {k: v for k, v in init_scalars.items() if k in scalars}
+    else:
+      init_part = init_scalars
+    restored.update(common.merge_params(
+        scalars, init_part, _tower_patterns(dont_load, "")))
+  return restored

@@ -1,0 +1,198 @@
+"""Text pp ops: sentencepiece tokenisation and caption cleanup.
+
+  "choice(inkey='texts', outkey='text')"           (ops_general: one caption)
+  "|strip_punctuation(key='text')|lower(key='text')"
+  "|tokenize(64, model='/path/c4_en.model', eos='sticky', pad_value=1,"
+  "          inkey='text', outkey='labels')"
+
+Token ids go to "labels" by default: in big_vision the model's second input
+(the text of an image-text pair) lives there, like class labels for
+classifiers.
+
+Tokenisation runs the python `sentencepiece` processor through
+`tf.numpy_function` (sentencepiece's own TF op is not available in this
+environment): one processor per model file, loaded once per process and
+shared by every op that names it. The model is named by path (local or
+gs://, e.g. the 32k c4_en model of LiT / SigLIP) or by a name registered in
+`NAMED_MODELS` ("shapes_captions": the tokenizer trained on the fly for the
+embedded demo data). A missing file is a ValueError naming it, raised when
+the pp string is built.
+
+Texts longer than `max_len` tokens are truncated (the documented behaviour,
+as in LiT / SigLIP); with eos="sticky" the last kept token becomes eos, so
+the model still sees where the text ends. Truncation is never silent: each
+op logs a warning the first time it truncates, `truncation_counts()` reports
+how many texts each model truncated in this process, and
+`truncated_key="..."` writes a bool flag per text into the example.
+"""
+import collections
+import functools
+import importlib
+import threading
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from big_vision.pp import utils
+from big_vision.pp.registry import Registry
+
+# Name -> "module:function" returning the path of a sentencepiece model.
+NAMED_MODELS = {
+    "shapes_captions":
+        "big_vision.datasets.shapes_captions:sentencepiece_model",
+}
+EOS_MODES = ("none", "yes", "sticky")
+
+_truncated = collections.Counter()
+_lock = threading.Lock()
+
+
+def resolve_model(model: str) -> str:
+  """A model name or path -> an existing file path; ValueError otherwise."""
+  if not isinstance(model, str) or not model:
+    raise ValueError(f"tokenize: model must be a file path or one of "
+                     f"{sorted(NAMED_MODELS)}, got {model!r}.")
+  if model in NAMED_MODELS:
+    module, fn = NAMED_MODELS[model].split(":")
+    return getattr(importlib.import_module(module), fn)()
+  if not tf.io.gfile.exists(model):
+    raise ValueError(
+        f"tokenize: sentencepiece model file {model!r} does not exist. Pass "
+        f"the path of a .model file (local or gs://) or one of the named "
+        f"models: {', '.join(sorted(NAMED_MODELS))}.")
+  return model
+
+
+@functools.lru_cache(maxsize=None)
+def get_tokenizer(model: str):
+  """The sentencepiece processor of `model` (name or path), cached."""
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  path = resolve_model(model)
+  with tf.io.gfile.GFile(path, "rb") as f:
+    proto = f.read()
+  sp = spm.SentencePieceProcessor()
+  try:
+    sp.LoadFromSerializedProto(proto)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"tokenize: {path!r} is not a sentencepiece model: "
+                     f"{e}") from None
+  return sp
+
+
+def truncation_counts() -> dict[str, int]:
+  """{model: number of texts truncated by tokenize ops in this process}."""
+  with _lock:
+    return dict(_truncated)
+
+
+def encode(sp, texts, max_len: int, eos: str = "none", pad_value: int = 0):
+  """Numpy reference of the op: (ids int32 [n, max_len], truncated bool [n]).
+
+  eos="yes" appends eos (lost when the text is truncated); "sticky" appends
+  it and, on truncation, overwrites the last kept token with it.
+  """
+  ids = np.full((len(texts), max_len), pad_value, np.int32)
+  truncated = np.zeros((len(texts),), bool)
+  for i, text in enumerate(texts):
+    if isinstance(text, bytes):
+      text = text.decode("utf-8")
+    tokens = sp.EncodeAsIds(text)
+    if eos != "none":
+      tokens = tokens + [sp.eos_id()]
+    if len(tokens) > max_len:
+      truncated[i] = True
+      tokens = tokens[:max_len]
+      if eos == "sticky" and max_len:
+        tokens[-1] = sp.eos_id()
+    ids[i, :len(tokens)] = tokens
+  return ids, truncated
+
+
+@Registry.register("preprocess_ops.tokenize")
+def get_tokenize(max_len: int, model: str, eos: str = "none",
+                 inkey: str = "texts", outkey: str = "labels",
+                 pad_value: int = 0, truncated_key: str | None = None):
+  """Sentencepiece token ids of a string (or of every string of a tensor).
+
+  Args:
+    max_len: output length; shorter texts are padded with `pad_value`,
+      longer ones truncated (see the module docstring).
+    model: path of a sentencepiece .model file, or a name in NAMED_MODELS.
+    eos: "none", "yes" (append eos) or "sticky" (append eos and keep it
+      even when truncating). SigLIP uses "sticky" with pad_value=1 (the
+      eos id), so the last token, which "last" pooling reads, is always eos.
+    inkey: the string feature: a scalar gives [max_len], shape S gives
+      S + [max_len] (e.g. several captions per image).
+    outkey: where the int32 ids go.
+    pad_value: id used for padding.
+    truncated_key: if set, a bool tensor of shape S telling which texts were
+      truncated is written there.
+  """
+  utils.check_choice(eos, EOS_MODES, "tokenize eos")
+  if not isinstance(max_len, int) or max_len < 1:
+    raise ValueError(f"tokenize: max_len must be a positive int, got "
+                     f"{max_len!r}.")
+  sp = get_tokenizer(model)
+  if eos != "none" and sp.eos_id() < 0:
+    raise ValueError(f"tokenize: eos={eos!r} but the model {model!r} has no "
+                     "eos token.")
+  warned = []
+
+  def _encode(flat):
+    ids, truncated = encode(sp, flat, max_len, eos, pad_value)
+    if truncated.any():
+      with _lock:
+        _truncated[model] += int(truncated.sum())
+      if not warned:
+        warned.append(True)
+        logging.warning(
+            "tokenize(%d, model=%r): texts longer than %d tokens are "
+            "truncated; e.g. %r.", max_len, model, max_len,
+            flat[int(np.argmax(truncated))][:200])
+    return ids, truncated
+
+  def _tokenize(data):
+    texts = tf.convert_to_tensor(data[inkey])
+    if texts.dtype != tf.string:
+      raise ValueError(f"tokenize: feature {inkey!r} must be a string tensor, "
+                       f"got {texts.dtype.name}.")
+    shape = tf.shape(texts)
+    ids, truncated = tf.numpy_function(
+        _encode, [tf.reshape(texts, [-1])], [tf.int32, tf.bool],
+        stateful=False)
+    static = texts.shape.as_list() if texts.shape.rank is not None else None
+    ids = tf.reshape(ids, tf.concat([shape, [max_len]], 0))
+    truncated = tf.reshape(truncated, shape)
+    if static is not None:
+      ids.set_shape(static + [max_len])
+      truncated.set_shape(static)
+    data[outkey] = ids
+    if truncated_key:
+      data[truncated_key] = truncated
+    return data
+
+  return _tokenize
+
+
+@Registry.register("preprocess_ops.lower")
+@utils.InKeyOutKey(indefault="texts")
+def get_lower():
+  """Lower-cases (UTF-8 aware) a string tensor."""
+  return lambda s: tf.strings.lower(s, encoding="utf-8")
+
+
+@Registry.register("preprocess_ops.strip_punctuation")
+@utils.InKeyOutKey(indefault="texts")
+def get_strip_punctuation():
+  """Replaces ASCII punctuation by spaces, collapses and trims whitespace.
+
+  "A cat, sitting (on a mat)!" -> "A cat sitting on a mat". Web alt-texts
+  differ in punctuation far more than in meaning; removing it spends the
+  text tower's tokens on words.
+  """
+  def _strip(s):
+    s = tf.strings.regex_replace(s, r"[[:punct:]]", " ")
+    s = tf.strings.regex_replace(s, r"\s+", " ")
+    return tf.strings.strip(s)
+  return _strip
