@@ -23,6 +23,7 @@ from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 from ml_collections import config_flags
@@ -94,17 +95,22 @@ def create_model(config):
 # ----------------------------------------------------------------------------
 # Train state: {"params", "opt", "step"[, "ema_params"]}, created sharded.
 # ----------------------------------------------------------------------------
-def init_fn_for(config, model, tx, input_specs: dict[str, tuple]):
+def init_fn_for(config, model, tx, input_specs: dict[str, tuple],
+                boxed: bool = False):
   """A function rng -> train state, to be jitted with the target shardings.
 
   `input_specs`: {batch key: (shape, dtype)} of the model inputs, in the order
   the model takes them; the model is initialised on a batch of one.
+  `boxed=True` keeps flax's logical-partitioning boxes on the params (only
+  for `jax.eval_shape`, to read the logical axis names).
   """
   def init(rng):
     dummy = [jnp.zeros((1,) + tuple(shape[1:]), dtype)
              for shape, dtype in input_specs.values()]
     params = model.init({"params": rng, "dropout": rng}, *dummy,
                         train=False)["params"]
+    if not boxed:
+      params = sharding.unbox(params)
     params = flax.core.unfreeze(params)
     state = {"params": params, "opt": tx.init(params),
              "step": jnp.zeros((), jnp.int32)}
@@ -114,10 +120,12 @@ def init_fn_for(config, model, tx, input_specs: dict[str, tuple]):
   return init
 
 
-def state_shardings(config, mesh, state_shape):
+def state_shardings(config, mesh, state_shape, logical_axes=None):
+  """Shardings of the train state from config.sharding_strategy (+ rules)."""
   strategy = config.get("sharding_strategy") or [(".*", "replicate")]
   shardings = sharding.infer_shardings(
-      mesh, {k: v for k, v in state_shape.items() if k != "step"}, strategy)
+      mesh, {k: v for k, v in state_shape.items() if k != "step"}, strategy,
+      rules=config.get("sharding_rules"), logical_axes=logical_axes)
   shardings["step"] = sharding.replicated(mesh)
   return shardings
 
@@ -153,6 +161,11 @@ def make_update_fn(config, objective: objectives.Objective, tx, mesh,
     return jax.tree.map(lambda x: x / accum_steps, (loss, grads))
 
   def update(state, batch):
+    # Inside the traced function: jax's trace cache ignores flax's rules.
+    with sharding.activation_context(mesh, config.get("sharding_rules")):
+      return _update(state, batch)
+
+  def _update(state, batch):
     step = state["step"]
     rng = jax.random.fold_in(base_rng, step)  # rng is a function of the step.
     params = state["params"]
@@ -257,6 +270,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) `config` in `workdir`. Returns the final metrics."""
   # Every config mistake fails here, in seconds, before anything compiles.
   config_check.validate(config, workdir)
+  if jax.process_count() > 1:  # All hosts past the checks before orbax starts.
+    multihost_utils.sync_global_devices("big_vision config checked")
   preempt = _Preemption()
   mesh = sharding.make_mesh(config.get("mesh"))
   shards = sharding.num_data_shards(mesh)
@@ -293,7 +308,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           total_steps=total_steps, batch_size=batch_size, data_size=ntrain))
   init = init_fn_for(config, model, tx, input_specs)
   state_shape = jax.eval_shape(init, rng)
-  shardings = state_shardings(config, mesh, state_shape)
+  boxed = jax.eval_shape(
+      lambda r: init_fn_for(config, model, optax.identity(), input_specs,
+                            boxed=True)(r)["params"], rng)
+  shardings = state_shardings(config, mesh, state_shape,
+                              sharding.logical_axes_of(boxed) or None)
   logging.info("Model %s: %s parameters.", config.model_name,
                f"{utils.tree_count(state_shape['params']):,}")
 

@@ -1,4 +1,4 @@
-"""The backbone recipes (Mixer, BiT, hybrid ViT) really learn, via their configs.
+"""The backbone recipes (Mixer, BiT, hybrid ViT) learn, via their configs.
 
 Each i1k config has a `digits` arg: the same model family, optimizer,
 learning-rate rule and schedule shape, shrunk to a model that trains on the

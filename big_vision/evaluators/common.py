@@ -23,6 +23,8 @@ import numpy as np
 
 from big_vision import utils
 
+# Modules of this package that are not evaluator types.
+HELPER_MODULES = ("common", "class_names")
 SCHEDULING_KEYS = ("type", "log_steps", "log_percent", "log_epochs",
                    "log_examples", "skip_first", "prefix", "use_ema")
 
@@ -30,7 +32,7 @@ SCHEDULING_KEYS = ("type", "log_steps", "log_percent", "log_epochs",
 def available_types() -> list[str]:
   import big_vision.evaluators as pkg  # pylint: disable=g-import-not-at-top
   return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)
-                if m.name not in ("common",) and not m.name.startswith("_"))
+                if m.name not in HELPER_MODULES and not m.name.startswith("_"))
 
 
 def get_evaluator_module(type_name: str, where: str = "config.evals"):

@@ -116,10 +116,11 @@ def _out_dims(out_dim) -> tuple[int | None, int | None]:
   return dims[0], dims[1]
 
 
-def Model(num_classes: int | None = None, *, image_model: str = "vit",
-          text_model: str = "text_transformer", image=None, text=None,
-          out_dim=128, temperature_init: float = 10.0,
-          bias_init: float | None = None) -> _TwoTowers:  # pylint: disable=invalid-name
+def Model(  # pylint: disable=invalid-name
+    num_classes: int | None = None, *, image_model: str = "vit",
+    text_model: str = "text_transformer", image=None, text=None,
+    out_dim=128, temperature_init: float = 10.0,
+    bias_init: float | None = None) -> _TwoTowers:
   """Builds the two towers from their modules' names and config dicts.
 
   Args:

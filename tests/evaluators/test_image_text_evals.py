@@ -1,4 +1,4 @@
-"""Zero-shot, retrieval and contrastive evaluators, against second implementations.
+"""Zero-shot, retrieval and contrastive evaluators vs second implementations.
 
 The evaluators run on the embedded shapes_captions test split with stand-in
 "models" (predict functions built from the data) whose right answers are

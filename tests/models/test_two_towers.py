@@ -1,4 +1,4 @@
-"""Two-tower model: published names, init values, outputs, checkpoint loading."""
+"""Two-tower model: published names, inits, outputs, checkpoint loading."""
 import math
 
 import jax

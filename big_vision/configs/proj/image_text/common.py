@@ -34,13 +34,14 @@ def shapes_input(batch_size: int, split: str = "train"):
 
 def shapes_evals(log_steps: int, batch_size: int = 200, split: str = "test",
                  loss_name: str = "sigmoid_contrastive",
-                 attributes=("shape", "color")):
+                 attributes=("shape", "color"),
+                 kinds=("zeroshot", "retrieval", "contrastive")):
   """Zero-shot (shape / colour), retrieval and in-batch contrastive evals."""
   data = dict(name="shapes_captions", split=split)
   prompts = {"shape": SHAPE_PROMPTS, "color": COLOR_PROMPTS}
   common = dict(log_steps=log_steps, skip_first=True, batch_size=batch_size,
                 data=data)
-  return ml_collections.ConfigDict(dict(
+  evals = dict(
       zeroshot=dict(
           type="zeroshot", pp_img=SHAPES_PP_IMG,
           pp_txt=SHAPES_TOKENIZE.format(inkey="texts"),
@@ -49,10 +50,12 @@ def shapes_evals(log_steps: int, batch_size: int = 200, split: str = "test",
       retrieval=dict(type="retrieval", pp_fn=SHAPES_PP_RETRIEVAL, **common),
       contrastive=dict(type="contrastive", pp_fn=SHAPES_PP_TRAIN,
                        loss_name=loss_name, **common),
-  ))
+  )
+  return ml_collections.ConfigDict({k: evals[k] for k in kinds})
 
 
-def runlocal_shrink(config, steps: int = 4, batch_size: int = 16):
+def runlocal_shrink(config, steps: int = 4, batch_size: int = 16,
+                    eval_kinds=("zeroshot",)):
   """A few steps on shapes_captions, keeping the recipe's model families,
   loss, optimizer and schedule types (so the recipe's code paths run)."""
   config.input = shapes_input(batch_size)
@@ -64,7 +67,7 @@ def runlocal_shrink(config, steps: int = 4, batch_size: int = 16):
   config.ckpt_steps = steps
   config.evals = shapes_evals(log_steps=steps, batch_size=64,
                               split="test[:64]", loss_name=config.loss,
-                              attributes=("shape",))
+                              attributes=("shape",), kinds=eval_kinds)
   image, text = dict(config.model.image), dict(config.model.text)
   image.update(variant="mu/8")
   text.update(variant="mu", vocab_size=128)

@@ -1,8 +1,8 @@
-r"""SigLIP B/16 (Zhai et al. 2023, "Sigmoid Loss for Language Image Pre-Training").
+r"""SigLIP B/16 (Zhai et al. 2023, "Sigmoid Loss for Language Image
+Pre-Training").
 
-  python -m big_vision.train \
-      --config big_vision/configs/proj/image_text/siglip_b16.py:data=NAME,vocab=PATH \
-      --workdir workdirs/siglip_b16
+  python -m big_vision.train --workdir workdirs/siglip_b16 \
+      --config big_vision/configs/proj/image_text/siglip_b16.py:data=D,vocab=V
 
 Recipe, as we read the paper: ViT-B/16 at 224px with a MAP head and a B
 text transformer (64 tokens, the 32k c4_en sentencepiece vocabulary, eos
@@ -18,8 +18,9 @@ list of strings) feature `text_key`; WebLI, the paper's data, is not
 public, so `data` names yours (e.g. a LAION / DataComp subset converted
 with tools/prepare_datasets.py). `vocab`: path of the c4_en sentencepiece
 model (default: the public T5 copy on GCS).
-Expected: about 76% zero-shot ImageNet top-1 after 9B examples (the paper's
-Table: SigLIP B/16, 32k batch); on other data, numbers differ.
+Expected (not reproduced here: it needs a pod): the paper reports about
+76% zero-shot ImageNet top-1 for SigLIP B/16 at 224px on WebLI; public
+web data of the same size typically gives a few points less.
 
 Args: runlocal (4 steps on the embedded shapes data), data, text_key,
 choose (the text feature is a list of captions: pick one per step), vocab,

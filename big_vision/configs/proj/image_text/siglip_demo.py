@@ -56,6 +56,7 @@ def get_config(arg=None):
   config.evals = it_common.shapes_evals(log_steps=arg.steps)
 
   if arg.runlocal:
-    it_common.runlocal_shrink(config)
+    it_common.runlocal_shrink(
+        config, eval_kinds=("zeroshot", "retrieval", "contrastive"))
     config.schedule = dict(warmup_steps=1, decay_type="cosine")
   return config
