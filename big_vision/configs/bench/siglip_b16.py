@@ -26,7 +26,7 @@ synthetic data, no evaluator: runs without tensorflow).
 import ml_collections
 
 from big_vision.configs import common
-from big_vision.configs.proj.image_text import siglip_demo
+from big_vision.configs.proj.image_text import common as image_text_common
 
 
 def get_config(arg=None):
@@ -76,8 +76,8 @@ def get_config(arg=None):
     # The embedded shapes captions (32px images, 12 tokens of a 128-piece
     # vocabulary) and the image-text evals of the SigLIP demo.
     config.total_steps = 4
-    config.input = siglip_demo.shapes_input(16)
-    config.evals = siglip_demo.shapes_evals(log_steps=4, batch_size=64)
+    config.input = image_text_common.shapes_input(16)
+    config.evals = image_text_common.shapes_evals(log_steps=4, batch_size=64)
     config.evals.zeroshot.datasets = dict(
         shape=dict(label_key="shape", prompts=("a {}",)))
   elif arg.runlocal_synthetic:
