@@ -211,8 +211,14 @@ DEVICES = 1
 def _ckpt_steps(workdir):
   """Steps of the complete checkpoints. (A kill during orbax's deletion of
   an old checkpoint may leave a half-deleted one: never used.)"""
-  ckpt = checkpoint.Checkpointer(workdir, read_only=True)
-  return [s for s in ckpt.all_steps() if ckpt.check(s) is None]
+  for _ in range(20):
+    try:
+      ckpt = checkpoint.Checkpointer(workdir, read_only=True)
+      return [s for s in ckpt.all_steps() if ckpt.check(s) is None]
+    except FileNotFoundError:
+      # The live trainer deleted an old step while orbax listed it: look again.
+      time.sleep(0.1)
+  raise AssertionError(f"could not list the checkpoints of {workdir}")
 
 
 def test_kill_and_resume_ends_bit_identical(tmp_path):
