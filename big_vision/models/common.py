@@ -204,6 +204,25 @@ def _listing(title: str, items: Iterable[str]) -> str:
   return f"{title} ({len(items)}):\n" + "\n".join(f"  {s}" for s in items)
 
 
+def match_scan_layout(restored: Mapping, init_params: Mapping | None,
+                      model_cfg: Mapping | None, prefix: str) -> Mapping:
+  """Converts a checkpoint to the block layout (scanned or not) of the model.
+
+  The model's layout is read from `init_params` when given, else from
+  `model_cfg["scan"]`; either checkpoint layout loads into either model.
+  """
+  if init_params is not None:
+    want_scan = is_scanned(init_params, prefix)
+  else:
+    want_scan = bool((model_cfg or {}).get("scan", False))
+  have_scan = is_scanned(restored, prefix)
+  if want_scan and have_scan is False:
+    return pyloop_to_scan(restored, prefix)
+  if want_scan is False and have_scan:
+    return scan_to_pyloop(restored, prefix)
+  return restored
+
+
 def merge_params(loaded: Mapping, init: Mapping, dont_load: Sequence[str] = ()):
   """Returns `init`'s tree with leaves taken from `loaded`.
 

@@ -170,15 +170,8 @@ def load(init_params: Mapping | None, init_file, model_cfg=None,
   if set(restored) == {"params"}:
     restored = restored["params"]
 
-  if init_params is not None:
-    want_scan = common.is_scanned(init_params, _BLOCK_PREFIX)
-  else:
-    want_scan = bool((model_cfg or {}).get("scan", False))
-  have_scan = common.is_scanned(restored, _BLOCK_PREFIX)
-  if want_scan and have_scan is False:
-    restored = common.pyloop_to_scan(restored, _BLOCK_PREFIX)
-  elif want_scan is False and have_scan:
-    restored = common.scan_to_pyloop(restored, _BLOCK_PREFIX)
+  restored = common.match_scan_layout(restored, init_params, model_cfg,
+                                      _BLOCK_PREFIX)
   if init_params is None:
     return utils.unflatten_dict(utils.flatten_dict(restored))
   return common.merge_params(restored, init_params, dont_load)

@@ -673,15 +673,8 @@ def load(init_params: Mapping | None, init_file, model_cfg=None,
     restored = checkpoint.load_params(init_file)
   restored = from_vit_jax(restored)
 
-  if init_params is not None:
-    want_scan = common.is_scanned(init_params, _BLOCK_PREFIX)
-  else:
-    want_scan = bool((model_cfg or {}).get("scan", False))
-  have_scan = common.is_scanned(restored, _BLOCK_PREFIX)
-  if want_scan and have_scan is False:
-    restored = common.pyloop_to_scan(restored, _BLOCK_PREFIX)
-  elif want_scan is False and have_scan:
-    restored = common.scan_to_pyloop(restored, _BLOCK_PREFIX)
+  restored = common.match_scan_layout(restored, init_params, model_cfg,
+                                      _BLOCK_PREFIX)
   if init_params is None:
     return restored
 
