@@ -158,6 +158,8 @@ def training(input_config, *, seed: int = 0, start_step: int = 0,
   start = int(start_step) * local_bs
   ds = raw_stream(start)
   skip_corrupt = bool(_get(input_config, "skip_corrupt", False))
+  max_consecutive = int(_get(input_config, "max_consecutive_corrupt", None)
+                        or MAX_CONSECUTIVE_CORRUPT)
   if skip_corrupt:
     ds = _pp_batches_skipping_corrupt(ds, pp_fn, local_bs, start)
   else:
@@ -172,7 +174,8 @@ def training(input_config, *, seed: int = 0, start_step: int = 0,
   ds._bv_stream = _Stream(  # pylint: disable=protected-access
       raw_stream=raw_stream, pp_fn=pp_fn, local_bs=local_bs,
       start_step=int(start_step), n_local=n_local,
-      data=_as_dict(input_config["data"]), skip_corrupt=skip_corrupt)
+      data=_as_dict(input_config["data"]), skip_corrupt=skip_corrupt,
+      max_consecutive=max_consecutive)
   return ds, source.total_examples
 
 
@@ -187,6 +190,10 @@ def training(input_config, *, seed: int = 0, start_step: int = 0,
 # repeats of the batch's good rows, so batch b always covers positions
 # [start + b * local_bs, start + (b + 1) * local_bs) whatever failed before.
 # (Only a batch whose every example fails is dropped, with a warning.)
+# More than `config.input.max_consecutive_corrupt` failures in a row (a pp
+# bug, a wrong decoder, unreadable storage: not corrupt examples) stop
+# training with a CorruptExampleError that quotes the first failure.
+MAX_CONSECUTIVE_CORRUPT = 100
 CORRUPT_KEY = "_corrupt_positions"  # [local_bs] int64: -1, or a failed position.
 _POSITION_KEY = "_position"
 _WINDOW_KEY = "_window_start"  # [local_bs] int64: the batch's first position.
@@ -224,11 +231,35 @@ def _pp_batches_skipping_corrupt(ds, pp_fn, local_bs: int, start: int):
     survivors = examples.map(keep_position,
                              num_parallel_calls=tf.data.AUTOTUNE,
                              deterministic=True).ignore_errors()
-    return survivors.batch(local_bs).map(fill)
+    specs = survivors.element_spec
+
+    def all_failed(seed):
+      # Same structure as `fill`'s output, every row marked as failed: the
+      # host then sees (and counts) the failures instead of waiting forever
+      # for a batch that a pp failing on every example would never make.
+      first = seed[1]
+      out = {k: _empty_rows(spec, local_bs) for k, spec in specs.items()
+             if k != _POSITION_KEY}
+      out[CORRUPT_KEY] = first + tf.range(local_bs, dtype=tf.int64)
+      out[_WINDOW_KEY] = tf.fill([local_bs], first)
+      return out
+    marker = window[SEED_KEY].take(1).map(all_failed)
+    # Exactly one element per window: the batch, or the all-failed marker.
+    return survivors.batch(local_bs).map(fill).concatenate(marker).take(1)
 
   return ds.window(local_bs, drop_remainder=True).interleave(
       window_to_batch, cycle_length=4, block_length=1,
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _empty_rows(spec, rows: int):
+  """`rows` placeholder rows for a (possibly nested) pp output spec."""
+  def one(s):
+    shape = [rows] + [d if d is not None else 0 for d in s.shape.as_list()]
+    if s.dtype == tf.string:
+      return tf.fill(shape, "")
+    return tf.zeros(shape, s.dtype)
+  return tf.nest.map_structure(one, spec)
 
 
 def _example_ids(ex) -> str:
@@ -246,7 +277,7 @@ class _Stream:
   """Enough of a training pipeline to re-read (raw) any of its positions."""
 
   def __init__(self, *, raw_stream, pp_fn, local_bs, start_step, n_local,
-               data, skip_corrupt):
+               data, skip_corrupt, max_consecutive=MAX_CONSECUTIVE_CORRUPT):
     self.raw_stream = raw_stream
     self.pp_fn = pp_fn
     self.local_bs = local_bs
@@ -254,6 +285,7 @@ class _Stream:
     self.n_local = n_local
     self.data = data
     self.skip_corrupt = skip_corrupt
+    self.max_consecutive = max_consecutive
 
   def describe(self, position: int, ex=None, error=None) -> str:
     step = position // self.local_bs + 1
@@ -307,45 +339,70 @@ class _NumpyBatches:
     self._it = ds.as_numpy_iterator()
     self._stream = stream
     self._index = 0
-    self._expected_first = None
     self.num_skipped = 0
+    self.consecutive_skipped = 0  # Failed examples since the last good one.
+    self._run_start = None  # Stream position of the first of them.
 
   def __iter__(self):
     return self
 
   def __next__(self):
+    while True:
+      try:
+        batch = next(self._it)
+      except tf.errors.OpError as e:
+        if self._stream is None:
+          raise
+        raise self._stream.corrupt_error(self._index, e) from e
+      self._index += 1
+      corrupt = batch.pop(CORRUPT_KEY, None)
+      first = batch.pop(_WINDOW_KEY, None)
+      if corrupt is None:
+        return batch
+      self._count(corrupt)
+      if not (corrupt >= 0).all():
+        return batch
+      from absl import logging  # pylint: disable=g-import-not-at-top
+      first = int(first[0])
+      logging.warning(
+          "Every example at stream positions %d..%d failed pp: that whole "
+          "batch was dropped, so from here on a resumed run will not see "
+          "the same batches as an uninterrupted one.", first,
+          first + self._stream.local_bs - 1)
+
+  def _describe_failure(self, position: int) -> str:
     try:
-      batch = next(self._it)
-    except tf.errors.OpError as e:
-      if self._stream is None:
-        raise
-      raise self._stream.corrupt_error(self._index, e) from e
-    self._index += 1
-    if CORRUPT_KEY in batch:
-      self._count(batch.pop(CORRUPT_KEY))
-    if _WINDOW_KEY in batch:
-      first = int(batch.pop(_WINDOW_KEY)[0])
-      if self._expected_first is not None and first != self._expected_first:
-        from absl import logging  # pylint: disable=g-import-not-at-top
-        logging.warning(
-            "Every example at stream positions %d..%d failed pp: that whole "
-            "batch was dropped, so from here on a resumed run will not see "
-            "the same batches as an uninterrupted one.", self._expected_first,
-            first - 1)
-      self._expected_first = first + self._stream.local_bs
-    return batch
+      found = self._stream.find_failures(position, 1)
+    except Exception:  # pylint: disable=broad-except
+      found = []
+    return self._stream.describe(position,
+                                 *(found[0][1:] if found else (None, None)))
 
   def _count(self, positions):
-    bad = [int(p) for p in positions if p >= 0]
+    bad = []
+    for p in positions:  # In stream order: the run of failures so far.
+      if p < 0:
+        self.consecutive_skipped = 0
+        continue
+      bad.append(int(p))
+      self.num_skipped += 1
+      self.consecutive_skipped += 1
+      if self.consecutive_skipped == 1:
+        self._run_start = int(p)
+      if self.consecutive_skipped > self._stream.max_consecutive:
+        raise CorruptExampleError(
+            f"{self.consecutive_skipped} consecutive training examples "
+            "failed pp (config.input.skip_corrupt=True skips at most "
+            f"config.input.max_consecutive_corrupt="
+            f"{self._stream.max_consecutive} in a row): this looks like a "
+            "bug in config.input.pp or an unreadable source, not corrupt "
+            "examples. The first of them: "
+            f"{self._describe_failure(self._run_start)}")
     if not bad:
       return
-    named = []
-    for p in bad:
-      self.num_skipped += 1
-      if self.num_skipped <= _MAX_NAMED:
-        found = self._stream.find_failures(p, 1)
-        named.append(self._stream.describe(
-            p, *(found[0][1:] if found else (None, None))))
+    first_number = self.num_skipped - len(bad) + 1
+    named = [self._describe_failure(p) for i, p in enumerate(bad)
+             if first_number + i <= _MAX_NAMED]
     from absl import logging  # pylint: disable=g-import-not-at-top
     logging.warning(
         "Skipped %d corrupt training example(s) (config.input.skip_corrupt"

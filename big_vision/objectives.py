@@ -24,6 +24,10 @@ class Objective(NamedTuple):
   """
   model_inputs: tuple[str, ...]
   loss: Callable[[Any, dict, jax.Array], jax.Array]
+  # Batch-level augmentation (mixup, ...): (global batch, rng) -> batch. The
+  # step applies it once per global batch, before the accum_steps split, so
+  # accumulation equals the large batch.
+  prepare: Callable[[dict, jax.Array], dict] | None = None
 
 
 def mixup(rng, images, labels, p: float):
@@ -42,16 +46,16 @@ def classification_objective(config, model, loss_name) -> Objective:
   loss_fn = losses.get(loss_name)
   mixup_p = (config.get("mixup") or {}).get("p", 0.0)
 
+  def prepare(batch, rng):
+    images, labels = mixup(rng, batch["image"],
+                           batch["labels"].astype(jnp.float32), mixup_p)
+    return {**batch, "image": images, "labels": labels}
+
   def loss(params, batch, rng):
-    images, labels = batch["image"], batch["labels"]
-    rng_mix, rng_model = jax.random.split(rng)
-    if mixup_p:
-      images, labels = mixup(rng_mix, images, labels.astype(jnp.float32),
-                             mixup_p)
-    logits, _ = model.apply({"params": params}, images, train=True,
-                            rngs={"dropout": rng_model})
-    return loss_fn(logits, labels)
-  return Objective(("image",), loss)
+    logits, _ = model.apply({"params": params}, batch["image"], train=True,
+                            rngs={"dropout": rng})
+    return loss_fn(logits, batch["labels"])
+  return Objective(("image",), loss, prepare if mixup_p else None)
 
 
 def _embed_pair(model, params, batch, rng):
@@ -96,6 +100,10 @@ def softmax_contrastive_objective(config, model, loss_name) -> Objective:
   return Objective(("image", "labels"), loss)
 
 
+# Losses whose value over a batch is not the mean of per-example (or
+# per-micro-batch) terms: every example is contrasted with the whole batch.
+WHOLE_BATCH_LOSSES = ("sigmoid_contrastive", "softmax_contrastive")
+
 OBJECTIVES: dict[str, Callable[..., Objective]] = {
     "softmax_xent": classification_objective,
     "sigmoid_xent": classification_objective,
@@ -110,6 +118,15 @@ def make(config, model, mesh=None) -> Objective:
   if name not in OBJECTIVES:
     raise utils.unknown_name_error("loss", name, OBJECTIVES,
                                    where="config.loss")
+  accum_steps = int(config.get("accum_steps", 1) or 1)
+  if accum_steps > 1 and name in WHOLE_BATCH_LOSSES:
+    raise ValueError(
+        f"config.accum_steps={accum_steps} cannot be used with "
+        f"config.loss={name!r}: this loss contrasts every example with the "
+        "whole batch, and accumulating over micro-batches would compute it "
+        f"over batch_size/{accum_steps} examples instead (fewer negatives, a "
+        "different loss). Set config.accum_steps=1 (use more devices or a "
+        "smaller batch to fit memory).")
   factory = OBJECTIVES[name]
   if "mesh" in inspect.signature(factory).parameters:
     return factory(config, model, name, mesh=mesh)

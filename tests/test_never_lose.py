@@ -198,6 +198,51 @@ def test_skip_corrupt_counts_and_keeps_exact_resume(image_folder, caplog):
     np.testing.assert_array_equal(a["label"], b["label"])
 
 
+def test_skip_corrupt_stops_when_every_example_fails(tmp_path, caplog):
+  # A pp that fails on every example (here: no file decodes) used to make
+  # the skipping pipeline wait forever for a batch. Now it stops once more
+  # than max_consecutive_corrupt examples in a row failed, quoting the first.
+  from big_vision import input_pipeline  # pylint: disable=g-import-not-at-top
+  for c in ("cat", "dog"):
+    os.makedirs(tmp_path / c)
+    for i in range(12):
+      (tmp_path / c / f"{i:02d}.png").write_bytes(b"\x89PNG\r\n\x1a\nbad")
+  for limit, expected in ((20, 21), (None, 101)):
+    kw = {"max_consecutive_corrupt": limit} if limit else {}
+    ds, _ = input_pipeline.training(
+        _input_config(str(tmp_path), skip_corrupt=True, **kw), seed=0,
+        process_index=0, process_count=1)
+    batches = input_pipeline.as_numpy(ds)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+      with pytest.raises(input_pipeline.CorruptExampleError) as e:
+        next(batches)
+    msg = str(e.value)
+    assert f"{expected} consecutive training examples failed pp" in msg, msg
+    assert f"max_consecutive_corrupt={limit or 100} in a row" in msg, msg
+    # The first of them: position 0 (unshuffled: cat/00.png), with its error.
+    assert "file_name='cat/00.png'" in msg and "position 0:" in msg, msg
+    assert "Invalid PNG" in msg, msg
+    assert batches.num_skipped == expected
+    # Every skipped batch was logged, the first failure with its message.
+    assert "Skipped 8 corrupt training example(s)" in caplog.text
+    assert "file_name='cat/00.png'" in caplog.text
+    assert "Invalid PNG" in caplog.text
+
+
+def test_skip_corrupt_counts_consecutive_failures_only(image_folder):
+  # One bad example per epoch never reaches a limit of 1 in a row.
+  from big_vision import input_pipeline  # pylint: disable=g-import-not-at-top
+  ds, _ = input_pipeline.training(
+      _input_config(image_folder, skip_corrupt=True,
+                    max_consecutive_corrupt=1), seed=0, process_index=0,
+      process_count=1)
+  it = input_pipeline.as_numpy(ds)
+  for _ in range(9):  # 3 epochs.
+    assert next(it)["image"].shape == (8, 4, 4, 3)
+  assert it.num_skipped == 3 and it.consecutive_skipped == 0
+
+
 # ----------------------------------------------------------------------------
 # End to end: real trainer processes, signals, a damaged checkpoint.
 # ----------------------------------------------------------------------------
