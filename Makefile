@@ -25,5 +25,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile tests
 
+# Build products only. Run outputs (workdirs/: checkpoints, metrics) are
+# never deleted by make clean.
 clean:
-	rm -rf $(VENV) workdirs build *.egg-info
+	rm -rf $(VENV) build *.egg-info
