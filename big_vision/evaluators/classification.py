@@ -4,7 +4,8 @@ Labels are the (multi-)hot `labels` produced by the pp string. prec@k counts an
 example as correct when any of its k highest-scoring classes is labelled
 positive, which is plain accuracy for one-hot labels and the ImageNet "ReaL"
 metric for multi-hot ones; with `skip_empty=True` (ReaL) examples without any
-positive label are left out, as in that benchmark.
+positive label are left out (of prec@k and of the loss), as in that
+benchmark.
 
   config.evals.val = dict(type="classification", data=dict(name=..., split=...),
                           pp_fn="...|onehot(1000, key='label', key_result='labels')",
@@ -41,10 +42,12 @@ class Evaluator:
       topk = jax.lax.top_k(logits.astype(jnp.float32), min(5, logits.shape[-1]))[1]
       hits = jnp.take_along_axis(labels, topk, axis=-1) > 0
       loss = loss_fn(logits, labels, reduction=False)
+      # The loss averages over the same examples as prec@k: with skip_empty,
+      # an unlabelled example (whose softmax loss is 0 whatever the logits)
+      # would otherwise only dilute it.
       return dict(top1=jnp.sum(hits[:, 0] * mask),
                   top5=jnp.sum(hits.any(-1) * mask),
-                  loss=jnp.sum(loss * batch["_mask"]),
-                  n=jnp.sum(mask), n_loss=jnp.sum(batch["_mask"]))
+                  loss=jnp.sum(loss * mask), n=jnp.sum(mask))
     self.eval_batch = eval_batch
 
   def run(self, train_state):
@@ -56,4 +59,4 @@ class Evaluator:
     totals = jax.tree.map(lambda x: float(common.to_host(x)), totals)
     yield "prec@1", totals["top1"] / max(totals["n"], 1)
     yield "prec@5", totals["top5"] / max(totals["n"], 1)
-    yield "loss", totals["loss"] / max(totals["n_loss"], 1)
+    yield "loss", totals["loss"] / max(totals["n"], 1)
