@@ -138,6 +138,12 @@ CKPT_SUBDIR = "checkpoints"
 # Written into each step's directory before orbax makes it final (renames it
 # or writes its commit marker): {relative path: size in bytes} of every file.
 MANIFEST = "_BV_FILES.json"
+# `checkpoints/_BV_PENDING-<step>`: written before a save starts, removed once
+# the step's manifest exists. A finalized step without a manifest but with
+# this mark is complete (orbax's commit is atomic): its manifest write failed,
+# or the process died between orbax's finalization and the manifest. A step
+# without either lost its manifest afterwards (e.g. a half-done deletion).
+PENDING = "_BV_PENDING-"
 _ITEMS = ("params", "rest")
 _TMP_MARK = ".orbax-checkpoint-tmp"
 
@@ -165,7 +171,8 @@ def _list_files(directory: str) -> dict[str, int | None]:
   return out
 
 
-def check_step_dir(step_dir: str, expect_manifest: bool = False) -> str | None:
+def check_step_dir(step_dir: str, expect_manifest: bool = False,
+                   pending: bool = False) -> str | None:
   """Why the checkpoint in `step_dir` cannot be used, or None if it can.
 
   With a manifest (written by this class just before orbax finalized the
@@ -174,12 +181,13 @@ def check_step_dir(step_dir: str, expect_manifest: bool = False) -> str | None:
   without reading any data. Checkpoints without a manifest (other writers)
   only get a structural check, unless `expect_manifest` (their siblings have
   one, so this one lost it: e.g. a deletion of an old checkpoint that was
-  killed half-way).
+  killed half-way). `pending`: the step's save never got to write its
+  manifest (see PENDING), so a missing one is no sign of damage.
   """
   if not os.path.isdir(step_dir):
     return "its directory is missing"
   manifest = os.path.join(step_dir, MANIFEST)
-  if expect_manifest and not os.path.exists(manifest):
+  if expect_manifest and not pending and not os.path.exists(manifest):
     return f"its file list {MANIFEST} is missing (partially deleted?)"
   if os.path.exists(manifest):
     try:
@@ -249,6 +257,8 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={k: ocp.StandardCheckpointHandler() for k in _ITEMS})
+    if not read_only:
+      self._finish_pending_manifests()
 
   # -- Integrity. --------------------------------------------------------------
   def _remove_tmp_dirs(self):
@@ -264,15 +274,55 @@ class Checkpointer:
                       "finish.", path)
       shutil.rmtree(path, ignore_errors=True)
 
-  def _write_manifest(self):
-    """Runs after the arrays are written, before the step dir is final."""
-    step = self._saving_step
-    if step is None or jax.process_index() != 0 or _is_remote(self.directory):
+  def _writes_marks(self) -> bool:
+    return jax.process_index() == 0 and not _is_remote(self.directory)
+
+  def _pending_path(self, step: int) -> str:
+    return os.path.join(self.directory, f"{PENDING}{step}")
+
+  def _pending_steps(self) -> set[int]:
+    out = set()
+    for path in glob.glob(os.path.join(self.directory, f"{PENDING}*")):
+      try:
+        out.add(int(os.path.basename(path)[len(PENDING):]))
+      except ValueError:
+        continue
+    return out
+
+  def _mark_pending(self, step: int):
+    if not self._writes_marks():
       return
+    os.makedirs(self.directory, exist_ok=True)
+    with open(self._pending_path(step), "w") as f:
+      f.flush()
+      os.fsync(f.fileno())
+
+  def _clear_pending(self, step: int):
     try:
-      tmp = sorted(glob.glob(os.path.join(self.directory,
-                                          f"{step}{_TMP_MARK}*")))
-      step_dir = tmp[-1] if tmp else os.path.join(self.directory, str(step))
+      os.remove(self._pending_path(step))
+    except FileNotFoundError:
+      pass
+
+  def _finish_pending_manifests(self):
+    """Manifests of finalized steps whose save did not get to write one.
+
+    (Or clears the mark of a save that never finalized: its tmp dir is gone.)
+    """
+    if not self._writes_marks():
+      return
+    for step in sorted(self._pending_steps()):
+      step_dir = os.path.join(self.directory, str(step))
+      if os.path.isdir(step_dir) and not os.path.exists(
+          os.path.join(step_dir, MANIFEST)):
+        logging.warning("Checkpoint of step %d was finalized but its file "
+                        "list %s was not written; writing it now.", step,
+                        MANIFEST)
+        if not self._write_manifest_to(step, step_dir):
+          continue  # Keep the mark: the step stays trusted without one.
+      self._clear_pending(step)
+
+  def _write_manifest_to(self, step: int, step_dir: str) -> bool:
+    try:
       payload = json.dumps({"step": step, "files": _list_files(step_dir)})
       tmp_file = os.path.join(step_dir, MANIFEST + ".tmp")
       with open(tmp_file, "w") as f:
@@ -280,10 +330,26 @@ class Checkpointer:
         f.flush()
         os.fsync(f.fileno())
       os.replace(tmp_file, os.path.join(step_dir, MANIFEST))
+      return True
     except Exception as e:  # pylint: disable=broad-except
-      # Never fail a save over its manifest: the step gets the weaker check.
+      # Never fail a save over its manifest: the step's PENDING mark stays,
+      # so it is not mistaken for a damaged one; the next start retries.
       logging.warning("Could not write the file list of checkpoint %s: %s",
                       step, e)
+      return False
+
+  def _write_manifest(self):
+    """Runs after the arrays are written, before the step dir is final."""
+    step = self._saving_step
+    if step is None or not self._writes_marks():
+      return
+    tmp = sorted(glob.glob(os.path.join(self.directory,
+                                        f"{step}{_TMP_MARK}*")))
+    step_dir = tmp[-1] if tmp else os.path.join(self.directory, str(step))
+    if self._write_manifest_to(step, step_dir):
+      # The manifest goes with the directory's (atomic) rename: from now on
+      # the step is either absent or complete with its manifest.
+      self._clear_pending(step)
 
   def check(self, step: int) -> str | None:
     """Why checkpoint `step` is unusable (see `check_step_dir`), or None."""
@@ -292,7 +358,8 @@ class Checkpointer:
     expect_manifest = bool(glob.glob(os.path.join(self.directory, "*",
                                                   MANIFEST)))
     return check_step_dir(os.path.join(self.directory, str(step)),
-                          expect_manifest=expect_manifest)
+                          expect_manifest=expect_manifest,
+                          pending=os.path.exists(self._pending_path(step)))
 
   def all_steps(self) -> list[int]:
     """Steps of finalized checkpoints, oldest first (complete or not)."""
@@ -348,6 +415,7 @@ class Checkpointer:
     if step in self.manager.all_steps():
       return
     self._saving_step = step
+    self._mark_pending(step)
     self.manager.save(step, args=ocp.args.Composite(
         **{k: ocp.args.StandardSave(v) for k, v in _split(state).items()}),
                       force=True)

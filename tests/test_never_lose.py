@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import jax
@@ -114,6 +115,75 @@ def test_damaged_newest_checkpoint_is_reported_and_skipped(tmp_path, damage,
   assert writer.latest_step() == 10
   np.testing.assert_array_equal(checkpoint.load_params(str(tmp_path))["w"],
                                 np.arange(1000) + 11.0)
+
+
+def _assert_step_10_trusted_then_guarded(tmp_path, caplog):
+  """Step 10 (saved without its manifest) is used, not quarantined; the
+  trainer's Checkpointer writes the manifest, which then catches damage."""
+  directory = os.path.join(str(tmp_path), "checkpoints")
+  assert not os.path.exists(os.path.join(directory, "10", checkpoint.MANIFEST))
+  with caplog.at_level(logging.WARNING):
+    assert checkpoint.Checkpointer(str(tmp_path),
+                                   read_only=True).latest_step() == 10
+    np.testing.assert_array_equal(checkpoint.load_params(str(tmp_path))["w"],
+                                  np.arange(1000) + 10.0)
+    writer = checkpoint.Checkpointer(str(tmp_path))
+    assert writer.latest_step() == 10
+  assert "incomplete or corrupt" not in caplog.text, caplog.text
+  assert not glob.glob(os.path.join(directory, "*.corrupt-*"))
+  assert os.path.exists(os.path.join(directory, "10", checkpoint.MANIFEST))
+  assert not glob.glob(os.path.join(directory, checkpoint.PENDING + "*"))
+  victim = _largest_array_file(os.path.join(directory, "10"))
+  os.remove(victim)
+  assert checkpoint.Checkpointer(str(tmp_path),
+                                 read_only=True).latest_step() == 5
+
+
+def test_manifest_write_failure_does_not_condemn_a_complete_checkpoint(
+    tmp_path, monkeypatch, caplog):
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  ckpt.save(5, _state(5))
+  ckpt.wait()
+  real = checkpoint._list_files  # pylint: disable=protected-access
+
+  def failing(directory):
+    if os.path.basename(directory).startswith("10"):
+      raise OSError(28, "No space left on device")
+    return real(directory)
+  monkeypatch.setattr(checkpoint, "_list_files", failing)
+  with caplog.at_level(logging.WARNING):
+    ckpt.save(10, _state(10))
+    ckpt.wait()
+  assert "Could not write the file list of checkpoint 10" in caplog.text
+  monkeypatch.setattr(checkpoint, "_list_files", real)
+  _assert_step_10_trusted_then_guarded(tmp_path, caplog)
+
+
+_DIE_AFTER_FINALIZE = """
+import os, sys
+import jax.numpy as jnp
+from big_vision import checkpoint
+ckpt = checkpoint.Checkpointer(sys.argv[1], async_save=False)
+state = lambda i: {"params": {"w": jnp.arange(1000, dtype=jnp.float32) + i},
+                   "opt": (jnp.full((3,), float(i)),), "step": jnp.int32(i)}
+ckpt.save(5, state(5))
+# Orbax has finalized step 10 when save() returns; die before the manifest.
+checkpoint.Checkpointer._write_manifest_after_the_fact = (
+    lambda self, step: os._exit(9))
+ckpt.save(10, state(10))
+"""
+
+
+def test_death_between_finalization_and_manifest_keeps_the_checkpoint(
+    tmp_path, caplog):
+  proc = subprocess.run(
+      [sys.executable, "-c", _DIE_AFTER_FINALIZE, str(tmp_path)], cwd=REPO,
+      env=chaos.child_env(1), capture_output=True, text=True, check=False)
+  assert proc.returncode == 9, proc.stderr[-3000:]
+  directory = os.path.join(str(tmp_path), "checkpoints")
+  assert os.path.exists(os.path.join(directory, "5", checkpoint.MANIFEST))
+  assert os.path.isdir(os.path.join(directory, "10"))
+  _assert_step_10_trusted_then_guarded(tmp_path, caplog)
 
 
 def test_keeps_newest_two_plus_keep_every_and_cleans_tmp_dirs(tmp_path):
