@@ -169,6 +169,85 @@ def test_group_norm_matches_numpy():
 
 
 # ----------------------------------------------------------------------------
+# One pre-activation bottleneck, against a numpy re-implementation.
+# ----------------------------------------------------------------------------
+def _np_bit_gn(x, p, groups=32, eps=1e-5):
+  n, h, w, c = x.shape
+  g = x.reshape(n, h, w, groups, c // groups)
+  g = (g - g.mean((1, 2, 4), keepdims=True)) / np.sqrt(
+      g.var((1, 2, 4), keepdims=True) + eps)
+  return g.reshape(x.shape) * p["gamma"] + p["beta"]
+
+
+def _np_bit_unit(x, p, strides, mutant=None):
+  """BiT's ResNet v2 unit (He et al. 2016, "Identity Mappings"), as in the
+  released TF code: every conv sees relu(GN(.)) of the previous output, the
+  projection shortcut sees the pre-activated input, the 3x3 conv strides.
+  `mutant` swaps in a plausible mistake, to show this test would catch it.
+  """
+  relu = lambda v: np.maximum(v, 0)
+
+  def conv(v, kernel, stride=1):
+    ws = (kernel - kernel.mean((0, 1, 2))) / np.sqrt(
+        kernel.var((0, 1, 2)) + 1e-10)
+    return _np_conv(v, ws, stride, (kernel.shape[0] - 1) // 2)
+
+  def preact(v, scope):
+    if mutant == "relu_before_norm":
+      return _np_bit_gn(relu(v), p[scope]["group_norm"])
+    return relu(_np_bit_gn(v, p[scope]["group_norm"]))
+
+  a_in = preact(x, "a")
+  shortcut = x
+  if "proj" in p["a"]:
+    src = x if mutant == "project_raw_input" else a_in
+    shortcut = conv(src, p["a"]["proj"]["standardized_conv2d"]["kernel"],
+                    strides)
+  kernel = lambda scope: p[scope]["standardized_conv2d"]["kernel"]
+  stride_a, stride_b = (strides, 1) if mutant == "stride_in_1x1" else (
+      1, strides)
+  y = conv(a_in, kernel("a"), stride_a)
+  y = conv(preact(y, "b"), kernel("b"), stride_b)
+  y = conv(preact(y, "c"), kernel("c"))
+  if mutant == "post_activation_output":
+    y = relu(y)
+  return y + shortcut
+
+
+@pytest.mark.parametrize("cin,mid,strides,size", [
+    (64, 32, 2, 8),    # Projection shortcut, strided.
+    (128, 32, 1, 6),   # Identity shortcut.
+    (64, 32, 1, 5),    # Projection (channels change), no stride, odd size.
+])
+def test_bottleneck_unit_matches_numpy_and_catches_wrong_orders(
+    cin, mid, strides, size):
+  rng = np.random.default_rng(cin + strides + size)
+  x = rng.normal(0.5, 2.0, (2, size, size, cin)).astype(np.float32)
+  unit = bit.BottleneckV2(mid, strides)
+  shapes = jax.eval_shape(unit.init, jax.random.PRNGKey(0), x)["params"]
+  assert ("proj" in shapes["a"]) == (cin != 4 * mid or strides != 1)
+  # Random values everywhere (numpy: no compile); GN affine away from (1, 0).
+  p = utils.tree_map_with_names(
+      lambda name, s: rng.uniform(0.5, 2.0, s.shape) if name.endswith("gamma")
+      else rng.normal(size=s.shape), shapes)
+  got = np.asarray(jax.jit(unit.apply)(
+      {"params": jax.tree.map(jnp.float32, p)}, x), np.float64)
+  out_size = (size - 1) // strides + 1
+  assert got.shape == (2, out_size, out_size, 4 * mid)
+  want = _np_bit_unit(x.astype(np.float64), p, strides)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  scale = np.abs(want).mean()
+  mutants = ["relu_before_norm", "post_activation_output"]
+  if "proj" in p["a"]:
+    mutants.append("project_raw_input")
+  if strides > 1:
+    mutants.append("stride_in_1x1")
+  for mutant in mutants:
+    wrong = _np_bit_unit(x.astype(np.float64), p, strides, mutant)
+    assert np.abs(got - wrong).mean() > 0.05 * scale, mutant
+
+
+# ----------------------------------------------------------------------------
 # Forward.
 # ----------------------------------------------------------------------------
 def test_forward_shapes_r26():
