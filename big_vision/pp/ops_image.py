@@ -198,7 +198,9 @@ def get_inception_crop(size=None, area_min: float = 5, area_max: float = 100,
 
   def _crop(image, seed):
     begin, box = _inception_box(tf.shape(image), seed, area_min, area_max)
-    crop = tf.slice(image, begin, box)
+    # `box` is a tensor: keep the static channel count tf.slice drops.
+    crop = tf.ensure_shape(tf.slice(image, begin, box),
+                           [None, None, image.shape[-1]])
     return _maybe_resize(crop, size, method, antialias)
 
   return _crop

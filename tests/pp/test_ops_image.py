@@ -252,3 +252,19 @@ def test_image_ops_use_key(run_pp, photos):
   assert out["small"].shape == (16, 16, 3) and out["raw"].shape == img.shape
   with pytest.raises(KeyError, match="key="):
     run_pp("resize(16)", raw=img)
+
+
+@pytest.mark.parametrize("pp", ["decode|inception_crop(32)",
+                                "decode|inception_crop",
+                                "decode_jpeg_and_inception_crop(32)"])
+def test_inception_crop_keeps_static_channels_in_tf_data(pngs, pp):
+  # Regression: inception_crop lost the channel dim (tf.slice with a tensor
+  # box), so transfer.py's train pp had 'image' of shape (32, 32, None) and
+  # the config check stopped the recipe before training.
+  fn = builder.get_preprocess_fn(pp)
+  ds = tf.data.Dataset.from_tensors(
+      {"image": pngs["chelsea"], "_seed": tf.constant([0, 1], tf.int64)})
+  spec = ds.map(fn).element_spec["image"]
+  assert spec.shape[-1] == 3, spec.shape
+  if "32" in pp:
+    assert spec.shape.as_list() == [32, 32, 3]
