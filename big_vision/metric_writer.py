@@ -1,38 +1,142 @@
 """Metrics to TensorBoard (clu) and to `metrics.jsonl`, from process 0 only.
 
 `metrics.jsonl` holds one JSON object per line: `{"step": s, name: value, ...}`.
-On resume, lines for steps after the restored checkpoint were written by the
-interrupted run and will be produced again; `truncate_after(step)` drops them
-(atomically, via a temp file) so that every step appears exactly once and
-nothing before the checkpoint is ever lost.
+It is an append-only history: nothing in a workdir's metrics is ever deleted.
+
+On resume from the checkpoint of step s (`resume_step=s`), the lines for steps
+after s were written by the interrupted run and will be produced again; on a
+restart with no checkpoint to resume from (`resume_step=-1`: deleted,
+quarantined as damaged, or never written) every line will. Such superseded
+lines are MOVED to `metrics.superseded.<UTC time>.jsonl` in the workdir, so
+that `metrics.jsonl` holds every step exactly once and the record of the
+earlier run is kept beside it. TensorBoard event files get the same treatment:
+their events after step s are moved aside (into files named
+`events.out.superseded-<UTC time>.*`, which TensorBoard does not read) and the
+events up to s are rewritten into one events file, so TensorBoard shows each
+step once. The default, `resume_step=None`, only appends.
+
+Paths: local, or any remote path tensorflow's `tf.io.gfile` handles (`gs://`,
+...), like the checkpoints. A remote workdir without tensorflow is refused
+with an error; nothing is ever written to a local folder named after the
+scheme (`gs:`).
 """
 import json
 import math
 import os
+import socket
+import time
 
 from absl import logging
 import jax
+
+SUPERSEDED_PREFIX = "metrics.superseded."
+
+
+def _is_remote(path: str) -> bool:
+  return "://" in str(path)
+
+
+def _gfile(path: str):
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError as e:  # Also raised when sys.modules["tensorflow"] = None.
+    raise ValueError(
+        f"The workdir {path!r} is a remote path: writing its metrics needs "
+        "tensorflow's tf.io.gfile, and tensorflow is not importable here. "
+        "Install tensorflow or use a local workdir.") from e
+  return tf.io.gfile
+
+
+class _Files:
+  """The few file operations needed, on local paths or through tf.io.gfile."""
+
+  def __init__(self, root: str):
+    self.remote = _is_remote(root)
+    self.gfile = _gfile(root) if self.remote else None
+
+  def join(self, *parts):
+    if self.remote:
+      return "/".join([parts[0].rstrip("/")] + list(parts[1:]))
+    return os.path.join(*parts)
+
+  def makedirs(self, path):
+    if self.remote:
+      self.gfile.makedirs(path)
+    else:
+      os.makedirs(path, exist_ok=True)
+
+  def exists(self, path):
+    return self.gfile.exists(path) if self.remote else os.path.exists(path)
+
+  def isdir(self, path):
+    return self.gfile.isdir(path) if self.remote else os.path.isdir(path)
+
+  def open(self, path, mode):
+    if self.remote:
+      return self.gfile.GFile(path, mode)
+    return open(path, mode)  # pylint: disable=unspecified-encoding
+
+  def listdir(self, path):
+    return self.gfile.listdir(path) if self.remote else os.listdir(path)
+
+  def rename(self, src, dst):
+    if self.remote:
+      self.gfile.rename(src, dst, overwrite=True)
+    else:
+      os.replace(src, dst)
+
+  def write_atomic(self, path, data: bytes):
+    tmp = path + ".tmp"
+    with self.open(tmp, "wb") as f:
+      f.write(data)
+      if not self.remote:
+        f.flush()
+        os.fsync(f.fileno())
+    self.rename(tmp, path)
+
+  def append(self, path, data: bytes):
+    with self.open(path, "ab") as f:
+      f.write(data)
+
+
+def utc_stamp() -> str:
+  return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 
 class MetricWriter:
   """Writes scalars to TensorBoard event files and to `metrics.jsonl`."""
 
-  def __init__(self, workdir: str | None, *, resume_step: int | None = 0):
-    """`resume_step=None` appends without dropping anything (eval-only runs)."""
+  def __init__(self, workdir: str | None, *, resume_step: int | None = None):
+    """`resume_step`: None appends (the default, e.g. eval-only runs); an int
+    s moves the lines and events of steps > s aside (see the module doc)."""
     self.is_writer = jax.process_index() == 0 and workdir is not None
-    self.path = os.path.join(workdir, "metrics.jsonl") if workdir else None
     self._tb = None
-    if self.is_writer:
-      os.makedirs(workdir, exist_ok=True)
-      if resume_step is not None:
-        truncate_after(self.path, resume_step)
-      try:  # clu's TensorBoard writer needs tensorflow (GPU boxes may lack it).
-        from clu import metric_writers  # pylint: disable=g-import-not-at-top
-        self._tb = metric_writers.create_default_writer(
-            workdir, asynchronous=False)
-      except ImportError:
-        logging.warning("tensorflow unavailable: metrics go to %s only.",
-                        self.path)
+    self._files = None
+    self.path = None
+    if workdir is None:
+      return
+    workdir = os.fspath(workdir)
+    # Fails at once (before any training) for a remote path we cannot write.
+    self._files = _Files(workdir)
+    self.path = self._files.join(workdir, "metrics.jsonl")
+    if not self.is_writer:
+      return
+    self._files.makedirs(workdir)
+    if resume_step is not None:
+      stamp = utc_stamp()
+      supersede_after(workdir, resume_step, stamp=stamp)
+      supersede_events_after(workdir, resume_step, stamp=stamp)
+    try:  # clu's TensorBoard writer needs tensorflow (GPU boxes may lack it).
+      import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+      from clu import metric_writers  # pylint: disable=g-import-not-at-top
+      # What clu's create_default_writer(workdir, asynchronous=False)
+      # builds, without its etils path (which knows fewer schemes than gfile).
+      self._tb = metric_writers.MultiWriter([
+          metric_writers.LoggingWriter(),
+          metric_writers.SummaryWriter(workdir)])
+    except ImportError:
+      logging.warning("tensorflow unavailable: metrics go to %s only.",
+                      self.path)
 
   def write(self, step: int, metrics: dict[str, float]):
     if not self.is_writer or not metrics:
@@ -43,9 +147,7 @@ class MetricWriter:
     line = {"step": int(step)}
     line.update({k: (v if math.isfinite(v) else str(v))
                  for k, v in metrics.items()})
-    with open(self.path, "a") as f:
-      f.write(json.dumps(line) + "\n")
-      f.flush()
+    self._files.append(self.path, (json.dumps(line) + "\n").encode())
 
   def flush(self):
     if self._tb is not None:
@@ -54,33 +156,112 @@ class MetricWriter:
   def close(self):
     if self._tb is not None:
       self._tb.close()
+      self._tb = None
 
 
-def truncate_after(path: str, step: int):
-  """Keeps only the lines of `path` with step <= `step` (atomic rewrite)."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = f.readlines()
-  kept = []
+def _line_step(line: str) -> int | None:
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return None  # A line torn by a kill mid-write carries no usable metric.
+
+
+def supersede_after(workdir: str, step: int, *, stamp: str | None = None
+                    ) -> str | None:
+  """Moves the lines of `metrics.jsonl` with step > `step` to a side file.
+
+  The side file `metrics.superseded.<stamp>.jsonl` is written (appended to)
+  first, then `metrics.jsonl` is atomically replaced by the kept lines: a
+  kill in between leaves a line in both files, never in neither. Torn lines
+  go to the side file too. Returns the side file's path, or None if nothing
+  was superseded.
+  """
+  files = _Files(workdir)
+  path = files.join(workdir, "metrics.jsonl")
+  if not files.exists(path):
+    return None
+  with files.open(path, "rb") as f:
+    lines = f.read().decode().splitlines(keepends=True)
+  kept, moved = [], []
   for line in lines:
+    if not line.strip():
+      continue
+    line = line if line.endswith("\n") else line + "\n"
+    s = _line_step(line)
+    (kept if s is not None and s <= step else moved).append(line)
+  if not moved:
+    return None
+  side = files.join(workdir, f"{SUPERSEDED_PREFIX}{stamp or utc_stamp()}.jsonl")
+  files.append(side, "".join(moved).encode())
+  files.write_atomic(path, "".join(kept).encode())
+  logging.warning("Moved %d metric line(s) of steps after %d (superseded by "
+                  "this run) from %s to %s.", len(moved), step, path, side)
+  return side
+
+
+def supersede_events_after(workdir: str, step: int, *,
+                           stamp: str | None = None) -> list[str]:
+  """TensorBoard's view of `supersede_after`: each step once after a resume.
+
+  If any event file in `workdir` holds events of steps > `step`, the events
+  up to `step` of all of them are rewritten (in order) into one events file
+  named like the oldest one, and the original files are moved aside to
+  `events.out.superseded-<stamp>.*` names (no "tfevents" in them: TensorBoard
+  skips them). Needs tensorflow (without it no events are written either).
+  Returns the paths the originals were moved to.
+  """
+  files = _Files(workdir)
+  names = sorted(n for n in files.listdir(workdir) if "tfevents" in n)
+  if not names:
+    return []
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    logging.warning("tensorflow unavailable: TensorBoard event files in %s "
+                    "were left as they are.", workdir)
+    return []
+  from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  kept, superseded = [], False
+  for name in names:
+    path = files.join(workdir, name)
     try:
-      if json.loads(line)["step"] <= step:
-        kept.append(line if line.endswith("\n") else line + "\n")
-    except (ValueError, KeyError):
-      continue  # A line torn by a kill mid-write carries no usable metric.
-  if len(kept) == len(lines):
-    return
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.writelines(kept)
-  os.replace(tmp, path)
+      for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        event = event_pb2.Event.FromString(record)
+        if event.step <= step:
+          if event.HasField("file_version") and kept:
+            continue  # One header per file.
+          kept.append(record)
+        else:
+          superseded = True
+    except tf.errors.DataLossError:
+      superseded = True  # Torn by a kill: the tail is gone either way.
+  if not superseded:
+    return []
+  stamp = stamp or utc_stamp()
+  tmp = files.join(workdir, f"kept-{stamp}-{socket.gethostname()}.tmp")
+  if kept:
+    with tf.io.TFRecordWriter(tmp) as w:
+      for record in kept:
+        w.write(record)
+  moved = []
+  for name in names:
+    dst = files.join(workdir, name.replace("tfevents", f"superseded-{stamp}"))
+    files.rename(files.join(workdir, name), dst)
+    moved.append(dst)
+  if kept:
+    files.rename(tmp, files.join(workdir, names[0]))
+  logging.warning("Moved TensorBoard events of steps after %d aside to %s; "
+                  "those up to it are in %s.", step, ", ".join(moved),
+                  names[0] if kept else "(none)")
+  return moved
 
 
 def read(path_or_workdir: str) -> list[dict]:
   """All metric lines of a workdir (or a metrics.jsonl path)."""
+  files = _Files(path_or_workdir)
   path = path_or_workdir
-  if os.path.isdir(path):
-    path = os.path.join(path, "metrics.jsonl")
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  if files.isdir(path):
+    path = files.join(path, "metrics.jsonl")
+  with files.open(path, "rb") as f:
+    return [json.loads(line) for line in f.read().decode().splitlines()
+            if line.strip()]
