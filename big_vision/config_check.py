@@ -38,15 +38,8 @@ from typing import Any, Callable, Mapping
 from big_vision import utils
 
 
-class ConfigError(ValueError):
-  """A mistake in the config; str() is one line naming where and what."""
-
-  def __init__(self, where: str, message: str):
-    message = " ".join(str(message).split())  # One line, always.
-    if where and where not in message:
-      message = f"{where}: {message}"
-    super().__init__(message)
-    self.where = where
+# One class for every config mistake (program.build raises it too).
+ConfigError = utils.ConfigError
 
 
 def flag_error_line(e: BaseException) -> str:
@@ -66,6 +59,23 @@ def flag_error_line(e: BaseException) -> str:
     first = lines[0].rstrip(":")
     return f"{first}: {lines[-1]}"
   return " ".join(lines)
+
+
+def parse_flags_or_exit(argv):
+  """absl's flag parsing for the trainer and tools (`app.run(main,
+  flags_parser=...)`), but a bad --config (file, :arg or override) is one
+  `error:` line and exit status 2, like the errors of the config check."""
+  import sys  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  try:
+    argv = flags.FLAGS(argv)
+    if flags.FLAGS.config is None:
+      raise flags.Error("--config is required.")
+    flags.FLAGS.config.keys()  # A config file that failed to load raises.
+  except (flags.Error, OSError, ValueError) as e:
+    print(f"error: {flag_error_line(e)}", file=sys.stderr, flush=True)
+    sys.exit(2)
+  return argv
 
 
 # ----------------------------------------------------------------------------
@@ -245,13 +255,16 @@ def _get(config, key, default=None):
   return default if value is None else value
 
 
-def validate(config, workdir: str | None = None) -> None:
+def validate(config, workdir: str | None = None):
   """Checks `config` (and `workdir`) without compiling or reading data.
 
-  Raises ConfigError (a ValueError with a one-line message) on the first
-  problem. Order: cheap structural checks first, then those that build
-  things (pp, datasets, model shapes, optimizer, shardings), then files.
+  Returns the abstract `program.Program` it built (train.py runs exactly
+  that). Raises ConfigError (a ValueError with a one-line message) on the
+  first problem. Order: cheap structural checks first, then those that
+  build things (pp, datasets, then the program: model shapes, objective,
+  optimizer, shardings), then files.
   """
+  from big_vision import program  # pylint: disable=g-import-not-at-top
   _check_keys(config, TOP_LEVEL, "config")
   for key in ("input", "model_name", "optax_name", "lr"):
     if config.get(key) is None:
@@ -263,50 +276,20 @@ def validate(config, workdir: str | None = None) -> None:
   if config.get("mixup"):
     _check_keys(config.mixup, MIXUP_KEYS, "config.mixup")
 
-  mesh = _check_mesh_and_batch(config)
-  model, objective = _check_model(config, mesh)
+  with program.stage("config.mesh"):
+    from big_vision import sharding  # pylint: disable=g-import-not-at-top
+    mesh = sharding.make_mesh(config.get("mesh"))
+  program.check_batch_size(config, mesh)
+  with program.stage("config.model_name"):
+    program.model_module(config.model_name)
   _check_evals(config, mesh)
-  # pp strings, then datasets (metadata), then the training pipeline.
   _check_pp_strings(config)
   _check_datasets(config)
-  ntrain, batch_specs = _check_train_data(config)
-  state_shape = _check_shapes_optimizer_sharding(
-      config, mesh, model, objective, ntrain, batch_specs)
+  prog = program.build(config, mesh=mesh)
   _check_model_init(config)
   if workdir is not None:
-    _check_workdir(workdir, state_shape)
-
-
-def _check_mesh_and_batch(config):
-  import jax  # pylint: disable=g-import-not-at-top
-  from big_vision import sharding  # pylint: disable=g-import-not-at-top
-  mesh = _wrap("config.mesh", sharding.make_mesh, config.get("mesh"))
-  shards = sharding.num_data_shards(mesh)
-  batch_size = config.input.batch_size
-  if batch_size % jax.process_count():
-    raise ConfigError("config.input.batch_size", (
-        f"{batch_size} is not divisible by the {jax.process_count()} "
-        "processes."))
-  if batch_size % shards:
-    raise ConfigError("config.input.batch_size", (
-        f"config.input.batch_size={batch_size} is not divisible by the "
-        f"{shards} data-parallel devices of the mesh {dict(mesh.shape)}."))
-  accum = int(_get(config, "accum_steps", 1))
-  if batch_size % (accum * shards):
-    raise ConfigError("config.accum_steps", (
-        f"config.input.batch_size={batch_size} must be divisible by "
-        f"accum_steps * devices = {accum} * {shards}."))
-  return mesh
-
-
-def _check_model(config, mesh):
-  from big_vision import objectives  # pylint: disable=g-import-not-at-top
-  from big_vision import train  # pylint: disable=g-import-not-at-top
-  _wrap("config.model_name", train.model_module, config.model_name)
-  where = f"config.model (of model {config.model_name!r})"
-  _, model = _wrap(where, train.create_model, config)
-  objective = _wrap("config.loss", objectives.make, config, model, mesh)
-  return model, objective
+    _check_workdir(workdir, prog.state_shape)
+  return prog
 
 
 def _pp_keys(cfg: Mapping[str, Any]):
@@ -370,9 +353,10 @@ def _check_evals(config, mesh):
     for key in ("log_steps", "log_examples"):
       if ev.get(key) is not None:
         _int(0)(ev[key], f"{where}.{key}")
-    for key in ("log_epochs", "log_percent"):
-      if ev.get(key) is not None:
-        _number(0)(ev[key], f"{where}.{key}")
+    if ev.get("log_epochs") is not None:
+      _number(0)(ev["log_epochs"], f"{where}.log_epochs")
+    if ev.get("log_percent") is not None:  # A fraction of the run.
+      _number(0, 1)(ev["log_percent"], f"{where}.log_percent")
     bs = ev.get("batch_size")
     if bs is not None:
       _int(1)(bs, f"{where}.batch_size")
@@ -385,75 +369,6 @@ def _check_evals(config, mesh):
 
 def _is_synthetic(config) -> bool:
   return (config.input.get("data") or {}).get("name") == "synthetic"
-
-
-def _check_train_data(config):
-  """(number of training examples, {key: (per-process shape, dtype)})."""
-  batch_size = config.input.batch_size
-  if _is_synthetic(config):
-    from big_vision.datasets import synthetic  # pylint: disable=g-import-not-at-top
-    spec = _wrap("config.input.data", synthetic.parse_spec, config.input.data)
-    specs = _wrap("config.input.data", synthetic.batch_specs, spec,
-                  batch_size)
-    return spec["num_examples"], {k: (tuple(s), d) for k, (s, d) in
-                                  specs.items()}
-  from big_vision import input_pipeline  # pylint: disable=g-import-not-at-top
-  # Builds the tf.data graph (pp traced on the element spec); reads nothing.
-  ds, ntrain = _wrap("config.input", input_pipeline.training, config.input,
-                     seed=_get(config, "seed", 0), start_step=0)
-  specs = {k: (tuple(v.shape), v.dtype.as_numpy_dtype)
-           for k, v in ds.element_spec.items()}
-  return ntrain, specs
-
-
-def _check_shapes_optimizer_sharding(config, mesh, model, objective, ntrain,
-                                     batch_specs):
-  import jax  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-  from big_vision import train  # pylint: disable=g-import-not-at-top
-  batch_size = config.input.batch_size
-  total_steps = _wrap("config.total_steps", utils.steps, "total", config,
-                      data_size=ntrain, batch_size=batch_size)
-  if total_steps < 1:
-    raise ConfigError("config.total_steps", (
-        f"the run would have {total_steps} steps ({ntrain} examples, batch "
-        f"size {batch_size})."))
-  input_specs = _wrap("config.input.pp", train.model_input_specs,
-                      batch_specs, objective, batch_size)
-  rng = jax.ShapeDtypeStruct((2,), jax.numpy.uint32)  # A PRNGKey's shape.
-  where = f"config.model (of model {config.model_name!r})"
-  try:
-    params_shape = jax.eval_shape(
-        lambda r: train.init_fn_for(config, model, optax.identity(),
-                                    input_specs)(r)["params"], rng)
-  except Exception as e:  # pylint: disable=broad-except
-    shapes = {k: s for k, (s, _) in input_specs.items()}
-    raise ConfigError(where, (
-        f"initializing the model on inputs {shapes} failed: "
-        f"{type(e).__name__}: {e}")) from None
-  tx = _wrap("config (optimizer)", _make_optimizer_abstractly, config,
-             params_shape, sched_kw=dict(total_steps=total_steps,
-                                         batch_size=batch_size,
-                                         data_size=ntrain))
-  init = train.init_fn_for(config, model, tx, input_specs)
-  state_shape = jax.eval_shape(init, rng)
-  _wrap("config.sharding_strategy", train.state_shardings, config, mesh,
-        state_shape)
-  return state_shape
-
-
-def _make_optimizer_abstractly(config, params_shape, sched_kw):
-  """bv_optax.make, with its eager checks (schedules at step 0) traced, not
-  run: running them would compile (tiny) XLA programs."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from big_vision import optax as bv_optax  # pylint: disable=g-import-not-at-top
-  out = []
-
-  def make():
-    out.append(bv_optax.make(config, params_shape, sched_kw=sched_kw)[0])
-    return 0
-  jax.eval_shape(make)
-  return out[0]
 
 
 def _check_readable_params(path: str, where: str):
@@ -555,3 +470,56 @@ def _check_resumable(workdir: str, state_shape):
           f"{workdir!r} holds a checkpoint (step {step}) of a different "
           f"model: parameter {name} has shape {saved[name]} there but "
           f"{wanted[name]} in the config. {hint}"))
+
+
+# ----------------------------------------------------------------------------
+# Command-line overrides win over the config module's exclusive keys.
+# ----------------------------------------------------------------------------
+DURATION_SUFFIXES = ("steps", "epochs", "examples", "percent")
+
+
+def override_paths(argv) -> list[str]:
+  """Dotted config paths set on the command line (`--config.a.b=v`)."""
+  out = []
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config."):
+      out.append(arg[len("--config."):].split("=", 1)[0])
+    del i
+  return out
+
+
+def apply_override_precedence(config, argv, log=None) -> list[str]:
+  """A typed `--config.total_steps=5` replaces the config's `total_epochs`.
+
+  Durations may be given in steps, epochs, examples or percent, and only one
+  of each `prefix_*` family may be set (`total_*`, `log_*`, `warmup_*`,
+  `cooldown_*`, anywhere in the config, evaluators and schedules included).
+  A user who types an override means it: the siblings that the config module
+  set are cleared (and each replacement is logged) instead of failing the
+  run with "set only one of ...". Returns the log lines.
+  """
+  lines = []
+  for path in override_paths(argv):
+    *parents, leaf = path.split(".")
+    prefix, _, suffix = leaf.rpartition("_")
+    if suffix not in DURATION_SUFFIXES or not prefix:
+      continue
+    node = config
+    try:
+      for p in parents:
+        node = node[p]
+    except (KeyError, AttributeError, TypeError):
+      continue
+    for other in DURATION_SUFFIXES:
+      key = f"{prefix}_{other}"
+      if other == suffix or not hasattr(node, "get"):
+        continue
+      if node.get(key) is not None:
+        where = ".".join(["config"] + parents + [key])
+        line = (f"--config.{path} replaces {where}={node.get(key)!r} set by "
+                "the config module.")
+        node[key] = None
+        lines.append(line)
+        if log is not None:
+          log(line)
+  return lines

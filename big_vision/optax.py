@@ -466,8 +466,7 @@ def _as_rules(value, what) -> list[tuple[str, Any]]:
 
 
 def make(config: Mapping[str, Any], params, *,
-         sched_kw: Mapping[str, Any]
-         ) -> tuple[optax.GradientTransformation, list[Callable]]:
+         sched_kw: Mapping[str, Any], with_groups: bool = False):
   """Optimizer from config (see module docstring).
 
   Args:
@@ -480,6 +479,10 @@ def make(config: Mapping[str, Any], params, *,
   Returns:
     (tx, sched_fns): the transform, and one `step -> multiplier of config.lr`
     function per non-frozen schedule, in config order (for logging the lr).
+    With `with_groups=True`: (tx, sched_fns, group names, trainable) where
+    the names are the schedule regexes of the non-frozen groups and
+    `trainable` is a tree like `params` of bools (False: frozen), which the
+    train step uses to differentiate only what is trained.
   """
   if config.get("lr") is None:
     raise ValueError("config.lr (the base learning rate) is required.")
@@ -491,12 +494,13 @@ def make(config: Mapping[str, Any], params, *,
     sched_rules = _as_rules(schedule, "schedule")
   else:
     sched_rules = [(".*", schedule if schedule is not None else {})]
-  sched_fns, rule_group = [], []
-  for _, sched in sched_rules:
+  sched_fns, rule_group, group_names = [], [], []
+  for pattern, sched in sched_rules:
     if sched is None:
       rule_group.append(-1)
     else:
       rule_group.append(len(sched_fns))
+      group_names.append(pattern)
       sched_fns.append(make_schedule(sched, base_lr=lr, **sched_kw))
 
   named, _ = utils.tree_flatten_with_names(params)
@@ -547,6 +551,8 @@ def make(config: Mapping[str, Any], params, *,
       optax.masked(optax.chain(*inner), trainable),
       _scale_by_lr_schedule_and_decay(lr, wd, sched_fns, group, lr_mult,
                                       wd_mult))
+  if with_groups:
+    return tx, sched_fns, group_names, trainable
   return tx, sched_fns
 
 

@@ -27,6 +27,36 @@ def unknown_name_error(kind: str, name: Any, valid: Iterable[str],
       f"Unknown {kind} {name!r}{loc}.{hint} Valid choices: {', '.join(valid)}.")
 
 
+class ConfigError(ValueError):
+  """A mistake in the config; str() is one line naming where and what.
+
+  Raised by the config check and by `program.build`; `python -m
+  big_vision.train` prints it as `error: <message>` and exits with status 2.
+  """
+
+  def __init__(self, where: str, message: str):
+    message = " ".join(str(message).split())  # One line, always.
+    if where and where not in message:
+      message = f"{where}: {message}"
+    super().__init__(message)
+    self.where = where
+
+
+def lookup(kind: str, name: Any, registry, get: Callable[[str], Any] | None
+           = None, where: str = "") -> Any:
+  """The one lookup of every pluggable kind (models, evaluators, losses,
+  objectives, optimizers, schedules, sharding tactics, pp ops, data sources).
+
+  `registry` is a mapping name -> entry, or a list of valid names with `get`
+  loading an entry by name (module-backed kinds). An unknown name raises the
+  same ValueError everywhere: the bad name, a close match, every valid one.
+  """
+  names = list(registry.keys()) if hasattr(registry, "keys") else list(registry)
+  if name not in names:
+    raise unknown_name_error(kind, name, names, where=where)
+  return get(name) if get is not None else registry[name]
+
+
 # ----------------------------------------------------------------------------
 # Trees with '/'-joined names, the layout of published checkpoints.
 # ----------------------------------------------------------------------------
@@ -123,9 +153,14 @@ def steps(prefix: str, config: Mapping, data_size: int | None = None,
   if suffix == "steps":
     return int(value)
   if suffix == "percent":
+    # A fraction of the run, as in big_vision: 0.1 is 10% of the steps.
+    if not 0 <= value <= 1:
+      raise ValueError(
+          f"{prefix}_percent={value} must be a fraction of the run in [0, 1] "
+          f"(e.g. {prefix}_percent=0.1 for 10% of the steps).")
     if total_steps is None:
       raise ValueError(f"{prefix}_percent needs total_steps to be known.")
-    return int(value * total_steps)
+    return int(round(value * total_steps))
   if batch_size is None:
     raise ValueError(f"{prefix}_{suffix} needs the batch size.")
   if suffix == "examples":

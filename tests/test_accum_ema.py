@@ -10,6 +10,7 @@ import pytest
 from big_vision import objectives
 from big_vision import optax as bv_optax
 from big_vision import sharding
+from big_vision import program
 from big_vision import train
 from big_vision import utils
 from big_vision.configs import common
@@ -38,19 +39,19 @@ def _config(**overrides):
 def _setup(config, total_steps=5):
   """(state, update_fn) exactly as train.train builds them."""
   mesh = sharding.make_mesh()
-  _, model = train.create_model(config)
+  _, model = program.create_model(config)
   objective = objectives.make(config, model, mesh)
   specs = {"image": ((BATCH, RES, RES, 3), np.float32)}
   rng = jax.random.PRNGKey(0)
   params_shape = jax.eval_shape(
-      lambda r: train.init_fn_for(config, model, bv_optax.optax.identity(),
+      lambda r: program.init_fn_for(config, model, bv_optax.optax.identity(),
                                   specs)(r)["params"], rng)
   tx, _ = bv_optax.make(config, params_shape,
                         sched_kw=dict(total_steps=total_steps))
-  init = train.init_fn_for(config, model, tx, specs)
-  shardings = train.state_shardings(config, mesh, jax.eval_shape(init, rng))
+  init = program.init_fn_for(config, model, tx, specs)
+  shardings = program.state_shardings(config, mesh, jax.eval_shape(init, rng))
   state = jax.jit(init, out_shardings=shardings)(rng)
-  return mesh, state, train.make_update_fn(config, objective, tx, mesh,
+  return mesh, state, program.make_update_fn(config, objective, tx, mesh,
                                            shardings)
 
 
@@ -155,10 +156,10 @@ def test_use_ema_evaluator_from_config_scores_the_ema_params():
       test=common.digits_eval(res=16, log_steps=1, batch_size=16),
       ema=dict(common.digits_eval(res=16, log_steps=1, batch_size=16),
                use_ema=True))
-  _, model = train.create_model(config)
+  _, model = program.create_model(config)
   mesh = sharding.make_mesh()
   evals = {e.name: e for e in evaluators.from_config(
-      config, train.make_predict_fn(model), mesh, total_steps=2)}
+      config, program.make_predict_fn(model), mesh, total_steps=2)}
   assert evals["ema"].use_ema and not evals["test"].use_ema
 
   def params(seed, head):

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import pytest
 
 from big_vision import metric_writer
+from big_vision import program
 from big_vision import train
 from big_vision import utils
 
@@ -49,7 +50,7 @@ def test_digits_setting_reaches_90_percent(name, tmp_path):
 
 
 def _count(config, res=224):
-  _, model = train.create_model(config)
+  _, model = program.create_model(config)
   shapes = jax.eval_shape(lambda: model.init(
       jax.random.PRNGKey(0), jnp.zeros((1, res, res, 3)))["params"])
   return utils.tree_count(shapes)
@@ -102,7 +103,7 @@ def test_bit_digits_model_is_a_two_block_resnet_v2():
   """`depth` as units per block: the released names, two blocks only."""
   from big_vision.models import bit  # pylint: disable=g-import-not-at-top
   _, config = load_config("bit_i1k", "digits")
-  _, model = train.create_model(config)
+  _, model = program.create_model(config)
   params = jax.eval_shape(lambda: model.init(
       jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"])
   names = utils.flatten_dict(params)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from big_vision import metric_writer
+from big_vision import program
 from big_vision import train
 from big_vision.configs import common_fewshot
 from big_vision.evaluators import common as evaluators
@@ -81,7 +82,7 @@ def test_eval_only_on_workdir_and_on_exported_npz(trained, tmp_path):
 def _predict_fn():
   model = vit.Model(10, width=16, depth=1, num_heads=2, mlp_dim=32,
                     patch_size=8)
-  return train.make_predict_fn(model), model
+  return program.make_predict_fn(model), model
 
 
 def test_unknown_representation_layer_is_named():

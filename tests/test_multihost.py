@@ -113,7 +113,7 @@ def _reference_params(config):
   from big_vision import objectives  # pylint: disable=g-import-not-at-top
   from big_vision import optax as bv_optax  # pylint: disable=g-import-not-at-top
   from big_vision import sharding  # pylint: disable=g-import-not-at-top
-  from big_vision import train  # pylint: disable=g-import-not-at-top
+  from big_vision import program  # pylint: disable=g-import-not-at-top
 
   mesh = sharding.make_mesh(config.mesh)
   streams = []
@@ -122,20 +122,20 @@ def _reference_params(config):
                                          process_index=i,
                                          process_count=NUM_PROCESSES)
     streams.append(input_pipeline.as_numpy(ds))
-  _, model = train.create_model(config)
+  _, model = program.create_model(config)
   objective = objectives.make(config, model, mesh)
   bs = config.input.batch_size
   specs = {"image": ((bs, 16, 16, 3), np.float32)}
   rng = jax.random.PRNGKey(config.seed)
-  params_shape = jax.eval_shape(lambda r: train.init_fn_for(
+  params_shape = jax.eval_shape(lambda r: program.init_fn_for(
       config, model, optax.identity(), specs)(r)["params"], rng)
   tx, _ = bv_optax.make(config, params_shape, sched_kw=dict(
       total_steps=STEPS, batch_size=bs, data_size=ntrain))
-  init = train.init_fn_for(config, model, tx, specs)
+  init = program.init_fn_for(config, model, tx, specs)
   state_shape = jax.eval_shape(init, rng)
-  shardings = train.state_shardings(config, mesh, state_shape)
+  shardings = program.state_shardings(config, mesh, state_shape)
   state = jax.jit(init, out_shardings=shardings)(rng)
-  update = train.make_update_fn(config, objective, tx, mesh, shardings)
+  update = program.make_update_fn(config, objective, tx, mesh, shardings)
   losses = {}
   for step in range(1, STEPS + 1):
     parts = [next(s) for s in streams]

@@ -18,7 +18,7 @@ from big_vision import checkpoint
 from big_vision import objectives
 from big_vision import optax as bv_optax
 from big_vision import sharding
-from big_vision import train
+from big_vision import program
 from big_vision import utils
 from big_vision.models import vit
 
@@ -252,20 +252,20 @@ def tiny_g_config(mesh, strategy):
 def build(config, batch_size=16, res=16):
   """State (created sharded) and jitted step, from train.py's functions."""
   mesh = sharding.make_mesh(config.get("mesh"))
-  _, model = train.create_model(config)
+  _, model = program.create_model(config)
   objective = objectives.make(config, model, mesh)
   specs = {"image": ((batch_size, res, res, 3), np.float32)}
   rng = jax.random.PRNGKey(config.seed)
-  params_shape = jax.eval_shape(lambda r: train.init_fn_for(
+  params_shape = jax.eval_shape(lambda r: program.init_fn_for(
       config, model, optax.identity(), specs)(r)["params"], rng)
   tx, _ = bv_optax.make(config, params_shape, sched_kw=dict(
       total_steps=config.total_steps, batch_size=batch_size,
       data_size=10 * batch_size))
-  init = train.init_fn_for(config, model, tx, specs)
+  init = program.init_fn_for(config, model, tx, specs)
   state_shape = jax.eval_shape(init, rng)
-  shardings = train.state_shardings(config, mesh, state_shape)
+  shardings = program.state_shardings(config, mesh, state_shape)
   state = jax.jit(init, out_shardings=shardings)(rng)
-  update = train.make_update_fn(config, objective, tx, mesh, shardings)
+  update = program.make_update_fn(config, objective, tx, mesh, shardings)
   return mesh, state, update, state_shape, shardings
 
 

@@ -136,7 +136,9 @@ from big_vision import sharding, train
 config = ml_collections.ConfigDict(dict(seed=0, input=dict(
     data=dict(name="synthetic", image_shape=(8, 8, 3), num_classes=4),
     batch_size=8)))
-batches, n, specs = train.make_train_data(config, sharding.make_mesh(), 0)
+from big_vision import program
+batches = program.train_batches(config, sharding.make_mesh(), 0)
+n, specs = program.data_specs(config)
 print("OK", next(batches)["image"].shape, n)
 """
   proc = _run(["-c", code])
@@ -147,6 +149,7 @@ print("OK", next(batches)["image"].shape, n)
 def test_synthetic_training_runs_through_train_without_tensorflow(tmp_path):
   code = _NO_TF + f"""
 import json
+from big_vision import program
 from big_vision import train
 from big_vision.configs.bench import vit_s16
 final = train.train(vit_s16.get_config("runlocal_synthetic"), {str(tmp_path)!r})
@@ -262,14 +265,14 @@ def test_bench_timm_peer_runs_the_same_model(tmp_path):
     ("vit_l16", 304_326_632 - 2 * 1024),
 ])
 def test_bench_configs_have_the_published_sizes(name, params):
-  from big_vision import train  # pylint: disable=g-import-not-at-top
+  from big_vision import program  # pylint: disable=g-import-not-at-top
   from big_vision import utils  # pylint: disable=g-import-not-at-top
   config = _load(os.path.join(REPO, "big_vision/configs/bench", name + ".py"),
                  name).get_config()
   assert config.input.data.name == "synthetic"
   assert config.input.batch_size == 256
   assert config.model.dtype_mm == "bfloat16"
-  _, model = train.create_model(config)
+  _, model = program.create_model(config)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
                           jax.numpy.zeros((1, 224, 224, 3)))
   assert utils.tree_count(shapes["params"]) == params

@@ -7,6 +7,7 @@ import pytest
 
 from big_vision import checkpoint
 from big_vision import metric_writer
+from big_vision import program
 from big_vision import train
 from big_vision import utils
 from big_vision.configs import common
@@ -145,7 +146,7 @@ def test_i21k_vit_jax_checkpoint_loads_into_the_transfer_model(tmp_path):
   config = transfer.get_config(
       f"model={tmp_path / 'ti16.npz'},arch=Ti/16,dataset=cifar10,crop=384")
   assert config.model.to_dict() == MODEL_TI16
-  module, model = train.create_model(config)
+  module, model = program.create_model(config)
   init = jax.eval_shape(model.init, jax.random.PRNGKey(0),
                         jax.ShapeDtypeStruct((1, 384, 384, 3), np.float32))
   init = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), init["params"])
@@ -170,7 +171,7 @@ MODEL_TI16 = dict(variant="Ti/16", pool_type="tok")
 def test_every_family_builds_full_size_and_runlocal(model):
   for arg in (f"model={model}", f"model={model},runlocal"):
     config = transfer.get_config(arg)
-    _, m = train.create_model(config)
+    _, m = program.create_model(config)
     res = int(config.input.pp.split("inception_crop(")[1].split(")")[0]) if (
         "inception_crop" in config.input.pp) else 32
     shapes = jax.eval_shape(m.init, jax.random.PRNGKey(0),

@@ -4,11 +4,12 @@ r"""Training throughput of a config's REAL train step, optionally against timm.
       [--steps 20] [--warmup 3] [--peer timm] [--peak_tflops 989] \
       [--config.input.batch_size=128 ...]
 
-The step is built by train.py's own functions (create_model, objectives.make,
-optax.make, init_fn_for, state_shardings, make_update_fn): what is timed is
-what training runs, on random batches made on the device by the `synthetic`
-data source (the config's `input.data.name` must be "synthetic"; the bench
-configs are). Nothing here imports tensorflow.
+The step is built by the trainer's own builder (`big_vision.program.build`):
+what is timed is what training runs, on random batches made on the device.
+Any config works: the bench configs use the `synthetic` data source (nothing
+imports tensorflow); for a config on real data the batches have the shapes
+and dtypes its own pp yields (tensorflow traces the pp; no example is read).
+A bad config or flag is one `error:` line and exit status 2, as in training.
 
 Printed: compile time; step time (median of --steps single steps after
 --warmup, each waited for); peak device memory (`memory_stats()` where the
@@ -45,8 +46,8 @@ def define_flags():
   next to big_vision.train (which defines --config too)."""
   config_flags.DEFINE_config_file(
       "config", None,
-      "Config module to benchmark (input.data.name=synthetic).",
-      lock_config=True)
+      "Config module to benchmark (any training config).",
+      lock_config=False, accept_new_attributes=True)
   flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported).")
   flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
   flags.DEFINE_enum("peer", None, ["timm"],
@@ -221,43 +222,27 @@ def peak_memory(compiled, devices) -> tuple[float | None, str]:
 def measure_jax(config, steps: int, warmup: int) -> dict:
   """Builds the config's train step exactly as train.train does, times it."""
   import jax  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-  from big_vision import objectives  # pylint: disable=g-import-not-at-top
-  from big_vision import optax as bv_optax  # pylint: disable=g-import-not-at-top
-  from big_vision import sharding  # pylint: disable=g-import-not-at-top
-  from big_vision import train  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from big_vision import program  # pylint: disable=g-import-not-at-top
   from big_vision import utils  # pylint: disable=g-import-not-at-top
 
-  data_name = (config.input.get("data") or {}).get("name")
-  if data_name != "synthetic":
-    raise ValueError(
-        f"tools/bench.py times the train step on synthetic batches, but "
-        f"config.input.data.name={data_name!r}. Use a config under "
-        "big_vision/configs/bench/ or set config.input.data = dict("
-        "name='synthetic', image_shape=..., num_classes=...).")
-  mesh = sharding.make_mesh(config.get("mesh"))
-  batch_size = int(config.input.batch_size)
-  shards = sharding.num_data_shards(mesh)
-  if batch_size % shards:
-    raise ValueError(f"config.input.batch_size={batch_size} is not divisible "
-                     f"by the {shards} data-parallel devices.")
-  _, model = train.create_model(config)
-  objective = objectives.make(config, model, mesh)
-  batches, ntrain, batch_specs = train.make_train_data(config, mesh, 0)
-  total_steps = utils.steps("total", config, data_size=ntrain,
-                            batch_size=batch_size)
-  input_specs = train.model_input_specs(batch_specs, objective, batch_size)
-  rng = jax.random.PRNGKey(config.get("seed", 0))
-  params_shape = jax.eval_shape(
-      lambda r: train.init_fn_for(config, model, optax.identity(),
-                                  input_specs)(r)["params"], rng)
-  tx, _ = bv_optax.make(config, params_shape, sched_kw=dict(
-      total_steps=total_steps, batch_size=batch_size, data_size=ntrain))
-  init = train.init_fn_for(config, model, tx, input_specs)
-  state_shape = jax.eval_shape(init, rng)
-  shardings = train.state_shardings(config, mesh, state_shape)
-  state = jax.jit(init, out_shardings=shardings)(rng)
-  update_fn = train.make_update_fn(config, objective, tx, mesh, shardings)
+  # The trainer's own builder. For real-data configs this traces the
+  # config's pp (tensorflow) to learn the batch shapes; no example is read.
+  prog = program.build(config)
+  mesh, batch_size, model = prog.mesh, prog.batch_size, prog.model
+  batch_specs = prog.batch_specs
+  if program.is_synthetic(config):
+    batches = program.train_batches(config, mesh, 0)
+  else:
+    # Device-made random batches with the shapes and dtypes the config's
+    # pp yields (strings, e.g. captions kept beside tokens, are dropped).
+    numeric = {k: v for k, v in batch_specs.items()
+               if np.dtype(v[1]).kind in "biuf" or v[1] == jax.numpy.bfloat16}
+    batch_at = program.random_batch_fn(numeric, batch_size, mesh,
+                                       seed=config.get("seed", 0))
+    batches = (batch_at(i) for i in range(2))
+  state = prog.init_state()
+  update_fn = prog.update_fn
   # Two device-resident batches, alternated: the step never waits for data.
   data = [next(batches), next(batches)]
   jax.block_until_ready(data)
@@ -527,11 +512,17 @@ def main(argv):
   if added:
     print(f"XLA flags added: {' '.join(added)}", flush=True)
   config = fl.config
+  from big_vision import config_check  # pylint: disable=g-import-not-at-top
+  config_check.apply_override_precedence(config, sys.argv, log=print)
   peer = None
   if fl.peer:  # First, while the accelerator is still free (see docstring).
     peer = run_peer_child(peer_spec(config, fl.steps, fl.warmup,
                                     not fl.no_compile, fl.peer_compile_mode))
-  result = measure_jax(config, fl.steps, fl.warmup)
+  try:
+    result = measure_jax(config, fl.steps, fl.warmup)
+  except ValueError as e:  # ConfigError included: one line, no traceback.
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+    sys.exit(2)
   lines = report(result, fl.peak_tflops, peer)
   if fl.json_out:
     with open(fl.json_out, "w") as f:
@@ -541,4 +532,6 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+  from big_vision import config_check  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=config_check.parse_flags_or_exit)

@@ -26,10 +26,9 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 # pylint: disable=g-import-not-at-top
 from big_vision import checkpoint
+from big_vision import config_check
 from big_vision import metric_writer
-from big_vision import objectives
-from big_vision import sharding
-from big_vision import train
+from big_vision import program
 from big_vision import utils
 from big_vision.evaluators import common as evaluators
 # pylint: enable=g-import-not-at-top
@@ -43,20 +42,10 @@ flags.DEFINE_string("workdir", None, "Metrics go here; its last checkpoint "
 
 def evaluate(config, workdir: str) -> dict[str, float]:
   """Runs every evaluator of `config` once; returns {metric: value}."""
-  mesh = sharding.make_mesh(config.get("mesh"))
-  module, model = train.create_model(config)
-  objective = objectives.make(config, model, mesh)
-  _, ntrain, batch_specs = train.make_train_data(config, mesh, 0)
-  batch_size = config.input.batch_size
-  input_specs = train.model_input_specs(batch_specs, objective, batch_size)
-  init = train.init_fn_for(config, model, _NoOptimizer(), input_specs)
-  rng = jax.random.PRNGKey(config.get("seed", 0))
-  state_shape = jax.eval_shape(init, rng)
-  shardings = train.state_shardings(config, mesh, state_shape)
-
+  # The trainer's own program builder, without optimizer state.
+  prog = program.build(config, optimizer=False)
   if config.get("model_init"):
-    state = jax.jit(init, out_shardings=shardings)(rng)
-    params = train.load_model_init(config, module, state, shardings)
+    params = prog.init_state()["params"]
     step = 0
     source = config.model_init
   else:
@@ -67,17 +56,15 @@ def evaluate(config, workdir: str) -> dict[str, float]:
           f"Nothing to evaluate: --workdir {workdir} has no complete "
           "checkpoint and --config.model_init is not set.")
     params = jax.device_put(ckpt.restore_params_to_host(step),
-                            shardings["params"])
+                            prog.shardings["params"])
     source = f"{workdir} (step {step})"
   logging.info("Evaluating %s: %s parameters.", source,
                f"{utils.tree_count(params):,}")
 
-  total_steps = utils.steps("total", config, data_size=ntrain,
-                            batch_size=batch_size, default=step or 1)
-  evals = evaluators.from_config(config, train.make_predict_fn(model), mesh,
-                                 total_steps=total_steps,
-                                 steps_per_epoch=ntrain / batch_size,
-                                 batch_size=batch_size)
+  evals = evaluators.from_config(config, prog.predict_fn, prog.mesh,
+                                 total_steps=max(prog.total_steps, step, 1),
+                                 steps_per_epoch=prog.steps_per_epoch,
+                                 batch_size=prog.batch_size)
   writer = metric_writer.MetricWriter(workdir, resume_step=None)
   results = {}
   for ev in evals:
@@ -89,20 +76,15 @@ def evaluate(config, workdir: str) -> dict[str, float]:
   return results
 
 
-class _NoOptimizer:
-  """Eval-only needs the params alone: an empty optimizer state."""
-
-  def init(self, params):
-    del params
-    return ()
-
-
 def main(argv):
   del argv
   workdir = flags.FLAGS.workdir
   if not workdir:
     raise app.UsageError("--workdir is required.")
-  results = evaluate(flags.FLAGS.config, workdir)
+  config = flags.FLAGS.config
+  config_check.apply_override_precedence(config, sys.argv,
+                                         log=logging.warning)
+  results = evaluate(config, workdir)
   for name, value in sorted(results.items()):
     print(f"{name}: {value:.5f}")
 

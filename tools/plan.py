@@ -5,8 +5,8 @@ r"""Plans a run's per-device memory WITHOUT allocating the model.
       --devices 256 --per_device_batch 32 --device_memory_gib 16 \
       [--config.key=value ...]
 
-Builds the real train step with train.py's own functions (create_model,
-objectives.make, optax.make, init_fn_for, state_shardings, make_update_fn),
+Builds the real train step with the trainer's own builder
+(`big_vision.program.build`: model, objective, optimizer, shardings, step),
 lowers and compiles it for `--devices` virtual CPU devices (nothing is
 allocated: every input is a jax.ShapeDtypeStruct carrying its sharding) and
 prints:
@@ -88,12 +88,9 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
-import optax
 
-from big_vision import objectives
-from big_vision import optax as bv_optax
+from big_vision import program
 from big_vision import sharding
-from big_vision import train
 from big_vision import utils
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -182,30 +179,17 @@ def plan(config, *, image_size: int | None = None,
                      f"{dict(mesh.shape)}.")
   image_size = image_size or image_size_from_pp(config.input.get("pp"))
 
-  _, model = train.create_model(config)
-  objective = objectives.make(config, model, mesh)
+  # Shapes come from the resolution, not the dataset (plans are made before
+  # the data exists); the rest is the trainer's own program builder.
+  objective = program.build_objective(config, mesh)
   specs = batch_specs(config, objective, batch_size, image_size)
-  input_specs = {k: specs[k] for k in objective.model_inputs}
-  rng = jax.random.PRNGKey(0)
-  params_shape = jax.eval_shape(
-      lambda r: train.init_fn_for(config, model, optax.identity(),
-                                  input_specs)(r)["params"], rng)
-  total_steps = int(config.get("total_steps") or 1)
-  tx, _ = bv_optax.make(config, params_shape, sched_kw=dict(
-      total_steps=total_steps, batch_size=batch_size,
-      data_size=batch_size * total_steps))
-  init = train.init_fn_for(config, model, tx, input_specs)
-  state_shape = jax.eval_shape(init, rng)
-  shardings = train.state_shardings(config, mesh, state_shape)
-  update_fn = train.make_update_fn(config, objective, tx, mesh, shardings)
+  ntrain = batch_size * int(config.get("total_steps") or 1)
+  prog = program.build(config, mesh=mesh, data=(ntrain, specs))
+  state_shape, shardings = prog.state_shape, prog.shardings
+  update_fn = prog.update_fn
 
-  abstract = lambda tree, shd: jax.tree.map(
-      lambda s, h: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=h),
-      tree, shd)
-  state_in = abstract(state_shape, shardings)
-  data_shd = sharding.data_sharding(mesh)
-  batch_in = {k: jax.ShapeDtypeStruct(s, d, sharding=data_shd)
-              for k, (s, d) in specs.items()}
+  state_in = prog.abstract_state()
+  batch_in = prog.abstract_batch()
 
   n_params = utils.tree_count(state_shape["params"])
   opt_bytes = utils.tree_bytes(state_shape["opt"])

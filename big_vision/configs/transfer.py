@@ -207,8 +207,9 @@ def get_config(arg=None):
   config.optax_name = "big_vision.momentum_hp"
   config.lr = arg.lr or data["lr"]
   config.wd = 0.0
-  # In percent, so that --config.total_steps=N keeps the recipe's shape.
-  config.schedule = dict(warmup_percent=10, decay_type="cosine")
+  # Fractions of the run (big_vision's *_percent), so that
+  # --config.total_steps=N keeps the recipe's shape: 10% warmup.
+  config.schedule = dict(warmup_percent=0.1, decay_type="cosine")
   config.grad_clip_norm = 1.0
   config.accum_steps = arg.accum_steps
 
@@ -218,9 +219,9 @@ def get_config(arg=None):
   eval_common = dict(type="classification", batch_size=512,
                      pp_fn=_pp(dataset, crop, train=False))
   config.evals.val = dict(data=dict(name=data["data"], split=data["val"]),
-                          log_percent=20, **eval_common)
+                          log_percent=0.2, **eval_common)
   config.evals.test = dict(data=dict(name=data["data"], split=data["test"]),
-                           log_percent=100, **eval_common)
+                           log_percent=1.0, **eval_common)
 
   if arg.runlocal:
     # Same family, optimizer and schedule; tiny model, a few steps, digits.

@@ -59,7 +59,7 @@ from big_vision.evaluators import common
 
 DEFAULT_OPTIMIZER = dict(
     optax_name="big_vision.momentum_hp", lr=0.01, wd=0.0,
-    grad_clip_norm=1.0, schedule=dict(warmup_percent=10, decay_type="cosine"))
+    grad_clip_norm=1.0, schedule=dict(warmup_percent=0.1, decay_type="cosine"))
 
 
 def trainable_names(params, train_params: str) -> list[str]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from big_vision import sharding
-from big_vision import train
+from big_vision import program
 from big_vision import utils
 from big_vision.configs import common
 from big_vision.evaluators import common as evaluators
@@ -45,7 +45,7 @@ def _tiny_state():
 def test_train_state_is_bit_identical_after_the_evaluator():
   model, mesh, state = _tiny_state()
   before = jax.device_get(state)
-  ev = finetune.Evaluator(train.make_predict_fn(model), mesh=mesh,
+  ev = finetune.Evaluator(program.make_predict_fn(model), mesh=mesh,
                           **{k: v for k, v in ft_config(
                               steps=3, train_params="all").items()
                              if k != "type"})
@@ -75,7 +75,7 @@ def test_unknown_keys_and_layers_are_reported():
   with pytest.raises(ValueError, match="Did you mean 'num_classes'"):
     evaluators.check_config(ft_config(num_clases=3), "config.evals.ft")
   model, mesh, state = _tiny_state()
-  ev = finetune.Evaluator(train.make_predict_fn(model), mesh=mesh,
+  ev = finetune.Evaluator(program.make_predict_fn(model), mesh=mesh,
                           **{k: v for k, v in ft_config(
                               representation_layer="pre_logitz").items()
                              if k != "type"})
