@@ -126,6 +126,18 @@ _NO_TF = """
 import sys
 sys.modules["tensorflow"] = None  # Any `import tensorflow` now fails.
 """
+# Appended to such a script: which tensorflow/clu/tensorboard modules it
+# loaded (even half-way: a failed `from clu import metric_writers` leaves
+# clu's already-imported submodules behind).
+_PRINT_LOADED = """
+print("LOADED", json.dumps(sorted(
+    m for m, v in sys.modules.items() if v is not None and
+    m.split(".")[0] in ("tensorflow", "clu", "tensorboard"))))
+"""
+
+
+def _loaded_tf_modules(stdout):
+  return json.loads(re.search(r"^LOADED (.*)$", stdout, re.M).group(1))
 
 
 def test_synthetic_train_data_never_imports_tensorflow():
@@ -154,14 +166,10 @@ from big_vision import train
 from big_vision.configs.bench import vit_s16
 final = train.train(vit_s16.get_config("runlocal_synthetic"), {str(tmp_path)!r})
 print("FINAL", json.dumps(final))
-"""
+""" + _PRINT_LOADED
   proc = _run(["-c", code])
-  if proc.returncode and re.search(r"clu/metric_writers.*\n.*\n.*tensorflow",
-                                   proc.stderr, re.S):
-    pytest.xfail("big_vision/metric_writer.py imports clu's TensorBoard "
-                 "writer, which needs tensorflow; it must fall back to "
-                 "metrics.jsonl only when tensorflow is absent.")
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert _loaded_tf_modules(proc.stdout) == []
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   losses = {l["step"]: l["training_loss"] for l in lines
             if "training_loss" in l}
@@ -169,6 +177,40 @@ print("FINAL", json.dumps(final))
   # Zero-initialised head: uniform logits over 10 classes at step 1.
   assert losses[1] == pytest.approx(math.log(10), abs=1e-5)
   assert all(np.isfinite(v) for v in losses.values())
+  # What train() returns is what it wrote last.
+  final = json.loads(re.search(r"^FINAL (.*)$", proc.stdout, re.M).group(1))
+  assert final["training_loss"] == pytest.approx(losses[3])
+  # No TensorBoard files: without tensorflow, metrics.jsonl only.
+  assert not [n for n in os.listdir(tmp_path) if "tfevents" in n]
+
+
+def test_metric_writer_without_tensorflow_writes_jsonl_only(tmp_path):
+  code = _NO_TF + f"""
+import json
+from big_vision import metric_writer
+d = {str(tmp_path)!r}
+w = metric_writer.MetricWriter(d)
+w.write(1, {{"loss": 2.5}})
+w.write(2, {{"loss": float("nan"), "acc": 0.5}})
+w.flush()
+w.close()
+w = metric_writer.MetricWriter(d, resume_step=1)  # Resumed after step 1.
+w.write(2, {{"loss": 1.0}})
+w.close()
+print("LINES", json.dumps(metric_writer.read(d)))
+""" + _PRINT_LOADED
+  proc = _run(["-c", code])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert _loaded_tf_modules(proc.stdout) == []
+  assert "tensorflow unavailable" in proc.stderr
+  lines = json.loads(re.search(r"^LINES (.*)$", proc.stdout, re.M).group(1))
+  assert lines == [{"step": 1, "loss": 2.5}, {"step": 2, "loss": 1.0}]
+  names = sorted(os.listdir(tmp_path))
+  assert len(names) == 2 and names[0] == "metrics.jsonl", names
+  assert re.fullmatch(r"metrics\.superseded\..*\.jsonl", names[1]), names
+  # The superseded step-2 line is kept aside, non-finite value as a string.
+  assert [json.loads(l) for l in open(tmp_path / names[1])] == [
+      {"step": 2, "loss": "nan", "acc": 0.5}]
 
 
 # ----------------------------------------------------------------------------
