@@ -58,7 +58,10 @@ class TfdsSource(core.DataSource):
     where = (data_dir or os.environ.get("TFDS_DATA_DIR")
              or tfds.core.constants.DATA_DIR)
     try:
-      builder = tfds.builder(name, data_dir=data_dir)
+      # `where`, not None: TFDS reads $TFDS_DATA_DIR once, at import, so a
+      # data dir set later (notebooks, tests, train.train()) would be ignored.
+      builder = tfds.builder(
+          name, data_dir=data_dir or os.environ.get("TFDS_DATA_DIR"))
     except tfds.core.registered.DatasetNotFoundError:
       raise _not_found(name, where, other_names) from None
     except Exception as e:  # pylint: disable=broad-except
