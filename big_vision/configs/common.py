@@ -3,7 +3,8 @@
 `parse_arg("variant=S/16,runlocal", variant="B/16", runlocal=False)` turns the
 `:arg` suffix of `--config big_vision/configs/X.py:arg` into a ConfigDict:
 a bare name sets a bool default to True; `key=value` is converted to the type
-of the default. Unknown keys are an error naming the valid ones.
+of the default; a string value may contain commas ("randaug=2,10,mixup=0.2").
+Unknown keys are an error naming the valid ones.
 """
 import difflib
 
@@ -15,8 +16,18 @@ def parse_arg(arg, lazy=False, **spec):
   config = ml_collections.ConfigDict(spec)
   if not arg:
     return config
+  items = []
   for item in str(arg).split(","):
     item = item.strip()
+    # A string value may hold commas ("randaug=2,15"): an item that is
+    # neither key=value nor a name continues the previous string value.
+    if (item and "=" not in item and not item.isidentifier() and items
+        and "=" in items[-1]
+        and isinstance(spec.get(items[-1].partition("=")[0]), str)):
+      items[-1] += "," + item
+    else:
+      items.append(item)
+  for item in items:
     if not item:
       continue
     key, eq, value = item.partition("=")

@@ -7,7 +7,8 @@ r"""Any ViT size trained from scratch on ImageNet-1k ("How to train your ViT").
 10k warmup then cosine, clip 1.0, class token, pre-logits layer, randaug(2,15)
 and mixup 0.5 (the AugReg "medium2" setting). Expected ImageNet val top-1
 (Steiner et al. 2021, i1k-only training): S/16 ~78.8%, B/16 ~79.5% (B/32 ~74%).
-Args: variant (S/16, B/16, L/16, ...), aug (e.g. "2,15"), runlocal.
+Args: variant (S/16, B/16, L/16, ...), randaug (e.g. `randaug=2,10`), mixup,
+epochs, runlocal.
 """
 import ml_collections
 
