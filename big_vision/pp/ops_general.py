@@ -5,10 +5,13 @@ Each op is a factory `get_<name>(*args, **kw)` registered as
 Keys starting with "_" (`_seed`, `_mask`, `_id`, ...) are pipeline
 bookkeeping: `keep` preserves them unless told otherwise.
 """
+import collections
+import threading
 from typing import Any, Sequence
 
 from big_vision.pp import utils
 from big_vision.pp.registry import Registry
+import numpy as np
 import tensorflow as tf
 
 
@@ -167,7 +170,7 @@ def get_setdefault(key: str, value: Any):
 
 
 @Registry.register("preprocess_ops.choice")
-def get_choice(n: int | None = None, key: str | Sequence[str] | None = None,
+def get_choice(n: int | str | None = None, key: str | Sequence[str] | None = None,
                inkey: str | Sequence[str] | None = None,
                outkey: str | Sequence[str] | None = None,
                fewer_ok: bool = False):
@@ -177,7 +180,8 @@ def get_choice(n: int | None = None, key: str | Sequence[str] | None = None,
   indices, so aligned features stay aligned.
 
   Args:
-    n: None picks one element and drops the leading axis; an int picks `n`
+    n: None (or "single") picks one element and drops the leading axis; an
+      int picks `n`
       distinct elements (in random order), keeping the axis.
     key: sets both `inkey` and `outkey`.
     inkey: feature(s) to pick from.
@@ -198,8 +202,11 @@ def get_choice(n: int | None = None, key: str | Sequence[str] | None = None,
   if len(outkeys) != len(inkeys):
     raise ValueError(f"choice: {len(inkeys)} inkeys but {len(outkeys)} "
                      "outkeys.")
+  if n == "single":  # big_vision's spelling of "one, without the axis".
+    n = None
   if n is not None and (not isinstance(n, int) or n < 1):
-    raise ValueError(f"choice: n must be None or a positive int, got {n!r}.")
+    raise ValueError(f"choice: n must be None, 'single' or a positive int, "
+                     f"got {n!r}.")
 
   def _choice(data):
     seed = utils.take_seed(data, "choice")
@@ -230,6 +237,9 @@ def get_choice(n: int | None = None, key: str | Sequence[str] | None = None,
     return data
 
   return _choice
+
+
+get_choice.is_random = True  # Draws a seed (`utils.take_seed`).
 
 
 @Registry.register("preprocess_ops.flatten")
@@ -303,3 +313,168 @@ def get_pad_to_shape(shape: Sequence[int | None], pad_value: Any = 0,
         y, [known[i] if s is None else s for i, s in enumerate(shape)])
 
   return _pad
+
+
+@Registry.register("preprocess_ops.clip_value_range")
+@utils.InKeyOutKey()
+def get_clip_value_range():
+  """Standardises a [0, 255] image with CLIP's per-channel mean and std.
+
+  (x - 255 * mean) / (255 * std), mean = (0.48145466, 0.4578275,
+  0.40821073), std = (0.26862954, 0.26130258, 0.27577711): the input
+  normalisation of OpenAI's CLIP image towers.
+  """
+  mean = tf.constant([0.48145466, 0.4578275, 0.40821073], tf.float32) * 255
+  std = tf.constant([0.26862954, 0.26130258, 0.27577711], tf.float32) * 255
+  return lambda x: (tf.cast(x, tf.float32) - mean) / std
+
+
+@Registry.register("preprocess_ops.reshape")
+@utils.InKeyOutKey()
+def get_reshape(new_shape: Sequence[int]):
+  """Reshapes a feature to `new_shape` (one entry may be -1); keeps dtype."""
+  new_shape = [int(d) for d in new_shape]
+  return lambda x: tf.reshape(x, new_shape)
+
+
+@Registry.register("preprocess_ops.squeeze_last_dim")
+@utils.InKeyOutKey()
+def get_squeeze_last_dim():
+  """Removes the last axis, which must have size 1 ([h, w, 1] -> [h, w])."""
+  return lambda x: tf.squeeze(x, axis=-1)
+
+
+@Registry.register("preprocess_ops.concat")
+def get_concat(inkeys: Sequence[str], outkey: str | None = None,
+               axis: int = -1):
+  """Concatenates the features `inkeys` along `axis` into `outkey`.
+
+  `outkey` defaults to the first of `inkeys` (overwritten in place).
+  """
+  if isinstance(inkeys, str) or not inkeys:
+    raise ValueError(f"concat: inkeys must be a non-empty list of feature "
+                     f"names, got {inkeys!r}.")
+  inkeys = list(inkeys)
+
+  def _concat(data):
+    data[outkey or inkeys[0]] = tf.concat([data[k] for k in inkeys], axis)
+    return data
+
+  return _concat
+
+
+def _get_path(data, path, op):
+  """data["a/b"], or data["a"]["b"] for nested features."""
+  if path in data:
+    return data[path]
+  node = data
+  for part in path.split("/"):
+    if not isinstance(node, dict) or part not in node:
+      raise KeyError(f"{op}: no feature {path!r}; features are "
+                     f"{sorted(data)}.")
+    node = node[part]
+  return node
+
+
+@Registry.register("preprocess_ops.tuplify")
+def get_tuplify(inkeys: Sequence[str], outkey: str):
+  """`data[outkey] = (data[k] for k in inkeys)` as a tuple.
+
+  Keys may address nested features with "/" ("objects/bbox"). For models
+  whose input is a tuple (e.g. `(image, text)`).
+  """
+  inkeys = list(utils.maybe_repeat(inkeys, 1))
+
+  def _tuplify(data):
+    data[outkey] = tuple(_get_path(data, k, "tuplify") for k in inkeys)
+    return data
+
+  return _tuplify
+
+
+@Registry.register("preprocess_ops.rag_tensor")
+@utils.InKeyOutKey()
+def get_rag_tensor():
+  """Wraps a feature into a ragged tensor with a leading axis of size 1.
+
+  [n, ...] -> RaggedTensor [1, (n), ...]: lets batches hold features of
+  different lengths (`tf.RaggedTensor.from_tensor` needs rank >= 2, hence
+  the added axis).
+  """
+  return lambda x: tf.RaggedTensor.from_tensor(tf.convert_to_tensor(x)[None])
+
+
+@Registry.register("preprocess_ops.choice_no_replacement")
+def get_choice_no_replacement(key: str | Sequence[str] | None = None,
+                              inkey: str | Sequence[str] | None = None,
+                              outkey: str | Sequence[str] | None = None,
+                              seed: int = 0):
+  """Picks one element along axis 0, cycling through all before repeating.
+
+  Like `choice(n="single")`, but the k-th time an example (identified by its
+  `_id` feature, an int or a string) comes through this op, it gets item
+  `perm_e[k % n]`, where `perm_e` is a permutation drawn afresh for each
+  pass `e = k // n` over the n items: over n visits every caption of an
+  image is seen once. Useful for a few epochs over a small dataset.
+
+  Several keys (`inkey=["texts", "tokens"]`) get the same index. `outkey` may
+  contain "{key}", replaced by the input key. The visit counts live in host
+  memory of this process (not checkpointed: a resumed run restarts them).
+  The permutations are a pure function of (`seed`, `_id`, pass).
+
+  Args:
+    key: sets both `inkey` and `outkey`.
+    inkey: feature(s) to pick from.
+    outkey: where to write (default: in place).
+    seed: int seed of the permutations.
+  """
+  inkeys = list(utils.maybe_repeat(inkey or key, 1))
+  if not inkeys or inkeys[0] is None:
+    raise ValueError("choice_no_replacement: name the feature(s) to pick "
+                     "from, e.g. choice_no_replacement(key='texts').")
+  outkeys = list(utils.maybe_repeat(outkey or key or inkeys, len(inkeys)))
+  if len(outkeys) != len(inkeys):
+    raise ValueError(f"choice_no_replacement: {len(inkeys)} inkeys but "
+                     f"{len(outkeys)} outkeys.")
+  outkeys = [ok.format(key=ik) for ok, ik in zip(outkeys, inkeys)]
+  counts = collections.defaultdict(int)
+  lock = threading.Lock()
+
+  def _visit(example_id):
+    example_id = example_id.item() if hasattr(example_id, "item") else (
+        example_id)
+    with lock:
+      count = counts[example_id]
+      counts[example_id] += 1
+    return np.int64(count)
+
+  def _choice(data):
+    if "_id" not in data:
+      raise KeyError("choice_no_replacement needs an `_id` feature to "
+                     f"recognise an example; features are {sorted(data)}.")
+    example_id = tf.convert_to_tensor(data["_id"])
+    if example_id.dtype == tf.string:
+      id_int = tf.strings.to_hash_bucket_fast(example_id, 2**62)
+    else:
+      id_int = tf.cast(example_id, tf.int64)
+    count = tf.numpy_function(_visit, [example_id], tf.int64, stateful=True)
+    count = tf.reshape(count, [])
+    length = tf.shape(data[inkeys[0]], out_type=tf.int64)[0]
+    checks = [tf.debugging.assert_equal(
+        tf.shape(data[k], out_type=tf.int64)[0], length,
+        message=f"choice_no_replacement: {inkeys} differ in length.")
+              for k in inkeys[1:]]
+    checks.append(tf.debugging.assert_positive(
+        length, message=f"choice_no_replacement: {inkeys[0]!r} is empty."))
+    with tf.control_dependencies(checks):
+      pass_seed = tf.random.experimental.stateless_fold_in(
+          tf.random.experimental.stateless_fold_in(
+              tf.constant([seed, 0], tf.int64), id_int), count // length)
+      perm = tf.argsort(tf.random.stateless_uniform(
+          tf.reshape(length, [1]), pass_seed))
+      index = perm[count % length]
+    for ik, ok in zip(inkeys, outkeys):
+      data[ok] = tf.gather(data[ik], index)
+    return data
+
+  return _choice

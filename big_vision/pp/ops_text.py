@@ -28,6 +28,7 @@ how many texts each model truncated in this process, and
 import collections
 import functools
 import importlib
+import string
 import threading
 
 from absl import logging
@@ -196,3 +197,127 @@ def get_strip_punctuation():
     s = tf.strings.regex_replace(s, r"\s+", " ")
     return tf.strings.strip(s)
   return _strip
+
+
+@Registry.register("preprocess_ops.strfmt")
+def get_strfmt(template: str, outkey: str = "text"):
+  """Writes `template.format(**features)` as a string into `outkey`.
+
+  "strfmt('a photo of {label_name}.')" -> data["text"]. Non-string features
+  (numbers, vectors) are printed with `tf.strings.format` ("3", "[1 2]").
+  Only plain "{name}" fields: format specs and conversions ("{x:.2f}",
+  "{x!r}") are a ValueError.
+  """
+  parts = list(string.Formatter().parse(template))
+  for _, field, spec, conversion in parts:
+    if field is not None and (spec or conversion):
+      raise ValueError(f"strfmt: only plain {{name}} fields are supported, "
+                       f"got {{{field}{'!' + conversion if conversion else ''}"
+                       f"{':' + spec if spec else ''}}} in {template!r}.")
+    if field == "":
+      raise ValueError(f"strfmt: positional field {{}} in {template!r}; name "
+                       "the feature, e.g. {label}.")
+
+  def _strfmt(data):
+    pieces = []
+    for literal, field, _, _ in parts:
+      pieces.append(tf.constant(literal))
+      if field is not None:
+        if field not in data:
+          raise KeyError(f"strfmt: template {template!r} names feature "
+                         f"{field!r}; features are {sorted(data)}.")
+        value = tf.convert_to_tensor(data[field])
+        if value.dtype != tf.string:
+          value = tf.strings.format("{}", value, summarize=-1)
+        pieces.append(value)
+    data[outkey] = tf.strings.join(pieces)
+    return data
+
+  return _strfmt
+
+
+@Registry.register("preprocess_ops.coco_captions")
+def get_coco_captions(outkey: str = "captions"):
+  """COCO's nested captions -> a flat string vector in `outkey`.
+
+  TFDS coco_captions stores `captions: {"id": [n], "text": [n]}`; this
+  writes the [n] texts (the `flatten`ed key "captions/text" works too).
+  """
+
+  def _coco_captions(data):
+    captions = data.get("captions")
+    if isinstance(captions, dict) and "text" in captions:
+      data[outkey] = captions["text"]
+    elif "captions/text" in data:
+      data[outkey] = data["captions/text"]
+    else:
+      raise KeyError("coco_captions reads data['captions']['text'] (TFDS "
+                     f"coco_captions); features are {sorted(data)}.")
+    return data
+
+  return _coco_captions
+
+
+# Where i21k_label_names reads its names by default: one line per class, in
+# label order, comma-separated WordNet lemmas (the first one is used). The
+# public list published with BiT.
+I21K_NAMES_URL = "gs://bit_models/imagenet21k_wordnet_lemmas.txt"
+
+
+def _read_names(names, op, default_url=None):
+  """A tuple of names, or the path of a file with one name per line."""
+  if isinstance(names, (list, tuple)):
+    return tuple(str(n) for n in names)
+  path = names or default_url
+  try:
+    with tf.io.gfile.GFile(path, "r") as f:
+      lines = f.read().splitlines()
+  except (tf.errors.OpError, OSError) as e:
+    raise ValueError(
+        f"{op}: cannot read the class names from {path} ({type(e).__name__})"
+        f". Offline, download it elsewhere and pass names='/local/copy.txt' "
+        f"(or a list of names).") from None
+  while lines and not lines[-1].strip():
+    lines.pop()
+  return tuple(line.split(",")[0].strip() for line in lines)
+
+
+def _names_op(names):
+  table = tf.constant(names)
+  return lambda label: tf.gather(table, tf.cast(label, tf.int64))
+
+
+@Registry.register("preprocess_ops.clip_i1k_label_names")
+@utils.InKeyOutKey(indefault="label", outdefault="labels")
+def get_clip_i1k_label_names(names=None):
+  """ImageNet-1k label ids -> class-name strings ("label" -> "labels").
+
+  For LiT / CLIP-style zero-shot evaluation and training on i1k names. The
+  names are this project's ImageNet-1k list (`evaluators.class_names`: the
+  first WordNet lemma of each synset, duplicates disambiguated; 0 ->
+  "tench", 1 -> "goldfish"); big_vision uses CLIP's hand-edited list, which
+  differs in a few hundred names: pass `names=` (a list, or the path of a
+  file with one name per line) to use that one.
+  """
+  if names is None:
+    from big_vision.evaluators import class_names  # pylint: disable=g-import-not-at-top
+    names = class_names.class_names("imagenet2012")
+  else:
+    names = _read_names(names, "clip_i1k_label_names")
+  if len(names) != 1000:
+    raise ValueError(f"clip_i1k_label_names: expected 1000 names, got "
+                     f"{len(names)}.")
+  return _names_op(names)
+
+
+@Registry.register("preprocess_ops.i21k_label_names")
+@utils.InKeyOutKey(indefault="label", outdefault="labels")
+def get_i21k_label_names(names=None):
+  """ImageNet-21k label ids -> class-name strings ("label" -> "labels").
+
+  The names (21,843 classes, label order) are read from `names` (a list, or
+  the path of a file with one class per line, first comma-separated lemma
+  used), by default from I21K_NAMES_URL (0 -> "organism", 1 -> "benthos").
+  Offline, that read fails with an error naming the URL.
+  """
+  return _names_op(_read_names(names, "i21k_label_names", I21K_NAMES_URL))

@@ -14,7 +14,9 @@ Pure Python on purpose (no tensorflow, no jax): registries of models,
 evaluators or anything else can reuse it, and it imports in milliseconds.
 """
 import ast
+import contextlib
 import difflib
+import functools
 from typing import Any, Callable
 
 
@@ -58,17 +60,36 @@ class Registry:
     return decorator
 
   @classmethod
-  def lookup(cls, name: str) -> Callable[..., Any]:
-    """Returns the factory registered under the full dotted `name`.
+  def lookup(cls, name: str,
+             kwargs_extra: dict[str, Any] | None = None) -> Callable[..., Any]:
+    """Returns the factory registered under a full dotted name or call spec.
+
+    `lookup("preprocess_ops.resize")` is the registered factory itself;
+    `lookup("preprocess_ops.resize(224, method='nearest')")` (big_vision's
+    form) is that factory with the spec's arguments bound
+    (`functools.partial`), plus `kwargs_extra` if given; calling it with no
+    arguments builds the op. Arguments are parsed as in `parse_name`
+    (literals only).
 
     Raises:
-      ValueError: unknown name; the message suggests close names and lists
-        the names registered under the same prefix.
+      ValueError: unknown name (the message suggests close names and lists
+        the names registered under the same prefix), or a bad spec.
     """
+    key, args, kwargs = name, (), {}
+    if name not in cls._GLOBAL and "(" in name:
+      key, args, kwargs = parse_name(name)
     try:
-      return cls._GLOBAL[name]
+      fn = cls._GLOBAL[key]
     except KeyError:
-      raise ValueError(_unknown_message(name, cls.names())) from None
+      raise ValueError(_unknown_message(key, cls.names())) from None
+    if not args and not kwargs and not kwargs_extra and key == name:
+      return fn
+    return functools.partial(fn, *args, **{**kwargs, **(kwargs_extra or {})})
+
+  @classmethod
+  def global_registry(cls) -> dict[str, Callable[..., Any]]:
+    """The underlying name -> factory dict (big_vision's accessor)."""
+    return cls._GLOBAL
 
   @classmethod
   def names(cls, prefix: str = "") -> list[str]:
@@ -79,6 +100,28 @@ class Registry:
   def unregister(cls, name: str) -> None:
     """Removes `name` (for tests that register temporary entries)."""
     cls._GLOBAL.pop(name, None)
+
+
+@contextlib.contextmanager
+def temporary_ops(**ops: Callable[..., Any]):
+  """Registers pp ops "preprocess_ops.<name>" for the `with` block only.
+
+    with temporary_ops(double=lambda: lambda d: {k: 2 * v for k, v in
+                                                   d.items()}):
+      fn = get_preprocess_fn("double")
+
+  A name that is already registered is an error (no silent shadowing).
+  """
+  names = {f"preprocess_ops.{k}": v for k, v in ops.items()}
+  taken = sorted(n for n in names if n in Registry.global_registry())
+  if taken:
+    raise ValueError(f"temporary_ops: {taken} already registered.")
+  Registry.global_registry().update(names)
+  try:
+    yield
+  finally:
+    for n in names:
+      Registry.unregister(n)
 
 
 def parse_name(spec: str) -> tuple[str, tuple[Any, ...], dict[str, Any]]:

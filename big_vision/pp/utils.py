@@ -12,7 +12,16 @@ back to the dict for the next random op, and a seed for this op, used with
 augmentation is a pure function of (run seed, position, pp string): the same
 run gives the same images, resumption replays them, and different seeds
 differ.
+
+Outside the input pipeline (a pp function called by hand, as in a colab:
+`get_preprocess_fn("decode|flip_lr")({"image": jpeg})`), an example has no
+`_seed`. Then each random op draws its seed from TF's global random
+generator instead, as big_vision does: the results are random, and
+reproducible after `tf.random.set_seed(s)` (eager mode: the same seed and the
+same sequence of calls give the same images). The `_seed` of such an example
+is neither needed nor added. Inside the pipeline nothing changes.
 """
+import collections.abc
 import functools
 import inspect
 from typing import Any, Callable
@@ -31,21 +40,33 @@ def take_seed(data: dict[str, Any], op_name: str) -> tf.Tensor:
 
   Returns:
     A shape [2] seed tensor (dtype of `_seed`) for `tf.random.stateless_*`.
-
-  Raises:
-    ValueError: the example has no `_seed`.
+    Without `_seed` (a pp function called by hand), a fresh int64 seed drawn
+    from TF's global generator (seedable with `tf.random.set_seed`).
   """
+  del op_name  # Kept for callers; the seed does not depend on the op name.
   if SEED_KEY not in data:
-    raise ValueError(
-        f"pp op {op_name!r} is random and needs a per-example seed in "
-        f"data[{SEED_KEY!r}], which this example lacks (keys: "
-        f"{sorted(data)}). The input pipeline adds it; when calling a pp "
-        f"function by hand, add it yourself, e.g. "
-        f"data[{SEED_KEY!r}] = tf.constant([s0, s1], tf.int64).")
+    return global_seed()
   new_state, op_seed = tf.unstack(
       tf.random.experimental.stateless_split(data[SEED_KEY], 2))
   data[SEED_KEY] = new_state
   return op_seed
+
+
+def global_seed() -> tf.Tensor:
+  """A shape [2] int64 stateless seed drawn from TF's global generator."""
+  return tf.cast(tf.random.uniform([2], minval=-2**31, maxval=2**31 - 1,
+                                   dtype=tf.int32), tf.int64)
+
+
+def maybe_repeat(arg: Any, n_reps: int) -> Any:
+  """`arg` if it is a sequence (not a str), else `(arg,) * n_reps`.
+
+  For op arguments that are one value or one per item, e.g.
+  `maybe_repeat(key, 1)` for ops that take one key or a list of keys.
+  """
+  if isinstance(arg, str) or not isinstance(arg, collections.abc.Sequence):
+    return (arg,) * n_reps
+  return arg
 
 
 def split_seed(seed: tf.Tensor, num: int) -> list[tf.Tensor]:
@@ -60,24 +81,32 @@ def op_name_of(factory: Callable[..., Any]) -> str:
 
 
 def InKeyOutKey(indefault: str = "image", outdefault: str | None = None,  # pylint: disable=invalid-name
-                with_seed: bool = False):
+                with_seed: bool = False, with_data: bool = False):
   """Decorator turning a tensor->tensor op factory into a dict->dict one.
 
   Most ops transform one feature. Writing them as `fn(tensor)` keeps them
-  short and testable; this decorator adds the dict plumbing and two keyword
-  arguments to the factory:
+  short and testable; this decorator adds the dict plumbing and keyword
+  arguments to the factory, in both spellings in use:
 
-    key: the feature to read (default `indefault`, usually "image").
-    key_result: where to write the result (default: `outdefault`, else `key`,
-      i.e. in place).
+    key: read and write this feature (in place).
+    inkey / outkey (big_vision's names): the feature to read / to write.
+    key_result: where to write the result (same as `outkey`).
 
-  With `with_seed=True`, the op is random: the inner function is called as
-  `fn(tensor, seed)` with a seed taken per the seed contract (`take_seed`).
+  The feature read is `key`, else `inkey`, else `indefault` (usually
+  "image"). The feature written is `key_result`, else `outkey`, else `key`,
+  else `outdefault`, where `outdefault=None` means `indefault`. So an op
+  decorated with `@InKeyOutKey()` reads and writes "image"; called with
+  `inkey="a", outkey="b"` it maps "a" to "b", with `key="a"` it works on "a"
+  in place, with only `inkey="a"` it writes "image" (as in big_vision).
 
   Args:
     indefault: default input key.
-    outdefault: default output key; None means "same as the input key".
-    with_seed: whether the inner function takes a stateless seed.
+    outdefault: default output key; None means "same as `indefault`".
+    with_seed: the op is random: the inner function is called as
+      `fn(tensor, seed)` with a stateless seed taken per the seed contract
+      (`take_seed`).
+    with_data: the inner function also gets the whole example, as
+      `fn(tensor, data=data)` (big_vision's `with_data`).
 
   Returns:
     The decorator.
@@ -87,19 +116,24 @@ def InKeyOutKey(indefault: str = "image", outdefault: str | None = None,  # pyli
     name = op_name_of(get_fn)
 
     @functools.wraps(get_fn)
-    def get_keyed_fn(*args, key=indefault, key_result=outdefault, **kw):
+    def get_keyed_fn(*args, key=None, key_result=None, inkey=None,
+                     outkey=None, **kw):
       fn = get_fn(*args, **kw)
-      out_key = key_result or key
+      in_key = key or inkey or indefault
+      out_key = (key_result or outkey or key or outdefault or indefault)
 
       def _keyed(data):
-        if key not in data:
-          raise KeyError(f"pp op {name!r} reads data[{key!r}], which does not "
-                         f"exist; keys are {sorted(data)}. Pass key=... to "
-                         "read another feature.")
+        if in_key not in data:
+          raise KeyError(f"pp op {name!r} reads data[{in_key!r}], which does "
+                         f"not exist; keys are {sorted(data)}. Pass key=... "
+                         "(or inkey=...) to read another feature.")
+        call_args = [data[in_key]]
         if with_seed:
-          data[out_key] = fn(data[key], take_seed(data, name))
+          call_args.append(take_seed(data, name))
+        if with_data:
+          data[out_key] = fn(*call_args, data=data)
         else:
-          data[out_key] = fn(data[key])
+          data[out_key] = fn(*call_args)
         return data
 
       return _keyed
@@ -109,12 +143,12 @@ def InKeyOutKey(indefault: str = "image", outdefault: str | None = None,  # pyli
     sig = inspect.signature(get_fn)
     params = [p for p in sig.parameters.values()
               if p.kind != p.VAR_KEYWORD]
-    params += [inspect.Parameter("key", inspect.Parameter.KEYWORD_ONLY,
-                                 default=indefault),
-               inspect.Parameter("key_result", inspect.Parameter.KEYWORD_ONLY,
-                                 default=outdefault)]
+    params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY,
+                                 default=None)
+               for k in ("key", "key_result", "inkey", "outkey")]
     params += [p for p in sig.parameters.values() if p.kind == p.VAR_KEYWORD]
     get_keyed_fn.__signature__ = sig.replace(parameters=params)
+    get_keyed_fn.is_random = with_seed  # Which ops draw seeds (for tests).
     return get_keyed_fn
 
   return decorator

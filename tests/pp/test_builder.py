@@ -91,12 +91,20 @@ def test_all_ops_registered():
   assert expected <= set(builder.available_ops())
 
 
-def test_missing_seed_error_names_op_and_fix():
+def test_without_seed_random_ops_use_tf_global_generator():
+  # Called by hand (no `_seed`): TF's global generator, as in big_vision.
+  # tests/pp/test_hand_called_random.py covers every random op.
   fn = builder.get_preprocess_fn("flip_lr")
-  with pytest.raises(ValueError) as e:
-    fn({"image": tf.zeros([4, 4, 3], tf.uint8)})
-  msg = str(e.value)
-  assert "'flip_lr'" in msg and "tf.constant([s0, s1], tf.int64)" in msg
+  image = tf.reshape(tf.range(2 * 3 * 1, dtype=tf.int32), [2, 3, 1])
+  tf.random.set_seed(3)
+  first = [fn({"image": image})["image"].numpy() for _ in range(8)]
+  tf.random.set_seed(3)
+  again = [fn({"image": image})["image"].numpy() for _ in range(8)]
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a, b)
+  flipped = [bool((a != image.numpy()).any()) for a in first]
+  assert 0 < sum(flipped) < 8  # Both outcomes occur in 8 draws.
+  assert "_seed" not in fn({"image": image})
 
 
 def test_runtime_errors_get_op_context():
