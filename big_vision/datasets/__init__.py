@@ -31,12 +31,17 @@ _REGISTERING_MODULES = ("digits", "imagefolder", "jsonl", "shapes_captions",
 __all__ = list(_CORE_NAMES)
 
 
+# Names that live in `lookup` (above core and tfds_source), not in core.
+_LOOKUP_NAMES = ("get", "prepare_embedded")
+
+
 def _load():
   core = importlib.import_module(f"{__name__}.core")
+  lookup = importlib.import_module(f"{__name__}.lookup")
   for name in _REGISTERING_MODULES:
     importlib.import_module(f"{__name__}.{name}")
   for name in _CORE_NAMES:
-    globals()[name] = getattr(core, name)
+    globals()[name] = getattr(lookup if name in _LOOKUP_NAMES else core, name)
 
 
 def __getattr__(name):

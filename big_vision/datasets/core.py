@@ -151,6 +151,16 @@ def register_embedded(name: str, builder_cls: type) -> type:
   return builder_cls
 
 
+def embedded_builder(name: str) -> type | None:
+  """The TFDS builder class of embedded dataset `name`, or None."""
+  return _EMBEDDED.get(name)
+
+
+def source_factory(name: str) -> Callable[..., DataSource] | None:
+  """The factory of source kind `name` (imagefolder, jsonl, ...), or None."""
+  return _SOURCES.get(name)
+
+
 def embedded_names() -> list[str]:
   return sorted(_EMBEDDED)
 
@@ -163,40 +173,6 @@ def default_embedded_data_dir() -> str:
   """$TFDS_DATA_DIR if set, else ~/.cache/big_vision/tfds."""
   return os.environ.get("TFDS_DATA_DIR") or os.path.join(
       os.path.expanduser("~"), ".cache", "big_vision", "tfds")
-
-
-def prepare_embedded(name: str, data_dir: str | None = None):
-  """Prepares embedded dataset `name` (once) and returns its TFDS builder."""
-  # pylint: disable-next=g-import-not-at-top
-  from big_vision.datasets import tfds_source
-  if name not in _EMBEDDED:
-    raise ValueError(f"Unknown embedded dataset {name!r}; embedded: "
-                     f"{', '.join(embedded_names())}.")
-  return tfds_source.prepare_builder(
-      _EMBEDDED[name], data_dir or default_embedded_data_dir())
-
-
-def get(name: str, split: str, data_dir: str | None = None,
-        **kw) -> DataSource:
-  """The data source for `split` of dataset `name`.
-
-  Dispatch: a registered source kind (`imagefolder`, `jsonl`, ... with
-  their own keyword args), an embedded dataset (`digits`, ...), else a TFDS
-  dataset ('name' or 'name:version') in `data_dir` (or $TFDS_DATA_DIR).
-  """
-  # Imported here: the TFDS module is the fallback and imports this one.
-  # pylint: disable-next=g-import-not-at-top
-  from big_vision.datasets import tfds_source
-  if name in _SOURCES:
-    return _SOURCES[name](split=split, data_dir=data_dir, **kw)
-  if name in _EMBEDDED:
-    if kw:
-      raise ValueError(f"Embedded dataset {name!r} takes no keyword "
-                       f"arguments, got {sorted(kw)}.")
-    return tfds_source.TfdsSource(prepare_embedded(name, data_dir), split)
-  return tfds_source.TfdsSource.from_name(
-      name, split, data_dir=data_dir, other_names=embedded_names() +
-      source_names(), **kw)
 
 
 class ColumnsSource(DataSource):

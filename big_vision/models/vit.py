@@ -87,9 +87,30 @@ def decode_variant(variant: str | None) -> dict[str, Any]:
 # ----------------------------------------------------------------------------
 # Logical axes (see the module doc and big_vision/sharding.py).
 # ----------------------------------------------------------------------------
+class _Partitioned(nn.LogicallyPartitioned):
+  """flax's logical box, tolerant of DenseGeneral's flat kernel init.
+
+  DenseGeneral initialises a [width, heads, head_dim] kernel as a 2-D array,
+  unboxes it (which, under a mesh, constrains it with the 3 logical names and
+  fails on the rank) and only then reshapes it. The constraint is applied
+  once the value has the rank its names describe.
+  """
+
+  def unbox(self, apply_constraint=True):
+    if getattr(self.value, "ndim", len(self.names)) != len(self.names):
+      return self.value
+    return super().unbox(apply_constraint)
+
+
 def _boxed(init, names, on: bool):
   """`init`, annotated with logical axis `names` when `on`."""
-  return nn.with_logical_partitioning(init, names) if on else init
+  if not on:
+    return init
+
+  @functools.wraps(init)
+  def boxed(*args, **kwargs):
+    return _Partitioned(init(*args, **kwargs), names)
+  return boxed
 
 
 def _constrain(x, names):
