@@ -210,6 +210,22 @@ def check_step_dir(step_dir: str, expect_manifest: bool = False,
   return None
 
 
+PAUSE_IN_SAVE_ENV = "BIG_VISION_TEST_PAUSE_IN_SAVE"
+
+
+def _test_pause_in_save(workdir: str, step: int):
+  """Test hook (BIG_VISION_TEST_PAUSE_IN_SAVE=<step>): in the middle of an
+  asynchronous save of `step` (arrays written, directory not yet final),
+  writes <workdir>/.paused_in_save_<step> and waits until it is removed or
+  the process killed: tests kill a write at a known point."""
+  path = os.path.join(workdir, f".paused_in_save_{step}")
+  with open(path + ".tmp", "w") as f:
+    f.write(str(os.getpid()))
+  os.replace(path + ".tmp", path)
+  while os.path.exists(path):
+    time.sleep(0.01)
+
+
 class Checkpointer:
   """Saves and restores the train state dict, one orbax item per entry.
 
@@ -350,6 +366,8 @@ class Checkpointer:
       # The manifest goes with the directory's (atomic) rename: from now on
       # the step is either absent or complete with its manifest.
       self._clear_pending(step)
+    if tmp and os.environ.get(PAUSE_IN_SAVE_ENV) == str(step):
+      _test_pause_in_save(os.path.dirname(self.directory), step)
 
   def check(self, step: int) -> str | None:
     """Why checkpoint `step` is unusable (see `check_step_dir`), or None."""
@@ -431,6 +449,16 @@ class Checkpointer:
 
   def wait(self):
     self.manager.wait_until_finished()
+
+  def close(self):
+    """Waits for the save in flight, then stops orbax's background threads.
+
+    Call before exiting (also on errors): a save still running when the
+    interpreter shuts down fails ("cannot schedule new futures after
+    shutdown") and leaves a half-written step.
+    """
+    self.manager.wait_until_finished()
+    self.manager.close()
 
   def restore(self, step: int, state_shape: dict, shardings: dict) -> dict:
     """Restores directly into `shardings`: no host ever holds the whole state."""
