@@ -19,6 +19,7 @@ from big_vision.pp import registry
 # Imported for their side effect: registering the ops.
 from big_vision.pp import ops_general  # pylint: disable=unused-import
 from big_vision.pp import ops_image  # pylint: disable=unused-import
+from big_vision.pp import ops_vtab  # pylint: disable=unused-import
 
 PREFIX = "preprocess_ops"
 
