@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from big_vision import metric_writer
+from big_vision import program
 from big_vision import train
 from big_vision import utils
 from big_vision.models import botnet
@@ -144,11 +145,24 @@ def test_bad_arguments_name_the_valid_ones():
     botnet.Model(10, c5_stride=3)
 
 
-def test_digits_config_reaches_90_percent(tmp_path):
+def _config_module():
   path = os.path.join(REPO, "big_vision/configs/proj/botnet/botnet_i1k.py")
   spec = importlib.util.spec_from_file_location("botnet_i1k", path)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
+  return mod
+
+
+@pytest.mark.parametrize("arg,count", [(None, 20_859_176),
+                                       ("variant=BoT50", 20_852_008)])
+def test_config_builds_the_published_model(arg, count):
+  config = _config_module().get_config(arg)
+  _, model = program.create_model(config)
+  assert utils.tree_count(_abstract_params(model)) == count
+
+
+def test_digits_config_reaches_90_percent(tmp_path):
+  mod = _config_module()
   config = mod.get_config("digits")
   assert config.model_name == "botnet"
   assert config.total_steps == mod.DIGITS_STEPS
