@@ -36,17 +36,22 @@ def l2_normalize(x) -> np.ndarray:
   return x / np.where(norm > 0, norm, 1.0)
 
 
+MAX_SIMILARITY_BYTES = 256 << 20  # Host memory of one similarity chunk.
+
+
 def nearest_neighbours(train_x, test_x, k: int, chunk: int = 1024):
   """Indices [M, k] and similarities [M, k] of each test row's k nearest.
 
   Rows are L2-normalised here. Sorted by decreasing similarity, equal
-  similarities by train index. Computed `chunk` test rows at a time, so the
-  similarity matrix held at once is [chunk, N].
+  similarities by train index. Computed `chunk` test rows at a time (fewer
+  when N is large, so that one [rows, N] float32 similarity block stays
+  under MAX_SIMILARITY_BYTES, e.g. 52 rows for ImageNet's 1.28M).
   """
   train_n, test_n = l2_normalize(train_x), l2_normalize(test_x)
   n = train_n.shape[0]
   if not 1 <= k <= n:
     raise ValueError(f"knn: k={k} must be in [1, {n}] (the train size).")
+  chunk = max(1, min(chunk, MAX_SIMILARITY_BYTES // (4 * n)))
   idx_out, sim_out = [], []
   for start in range(0, test_n.shape[0], chunk):
     sims = test_n[start:start + chunk] @ train_n.T  # [B, N]
