@@ -175,3 +175,18 @@ def test_runlocal_suite_reports_tasks_and_mean(tmp_path):
   assert 0 <= a <= 1 and 0 <= b <= 1
   assert last["vtab/mean/prec@1"] == pytest.approx((a + b) / 2)
   assert last["vtab/both_mean/prec@1"] == pytest.approx((a + b) / 2)
+
+
+def test_suite_rejects_bad_groups_and_pp_early():
+  from big_vision.evaluators import suite  # pylint: disable=g-import-not-at-top
+  task = dict(train_data=dict(name="digits", split="train"),
+              test_data=dict(name="digits", split="test"),
+              pp_train="decode", pp_eval="decode", num_classes=10)
+  with pytest.raises(ValueError, match="'b'"):
+    suite.Evaluator(None, mesh=None, evaluator="finetune", tasks={"a": task},
+                    groups={"g": ("a", "b")})
+  with pytest.raises(ValueError, match="suite of suites"):
+    suite.Evaluator(None, mesh=None, evaluator="suite", tasks={"a": task})
+  with pytest.raises(ValueError, match="decod"):
+    suite.Evaluator(None, mesh=None, evaluator="finetune",
+                    tasks={"a": dict(task, pp_eval="decod")})
