@@ -34,26 +34,17 @@ AxisName = str | Sequence[str]
 # ----------------------------------------------------------------------------
 # Classification losses, registered by name for `config.loss`.
 # ----------------------------------------------------------------------------
-LOSSES: dict[str, Callable[..., jax.Array]] = {}
+LOSSES = utils.Registry("loss", where="config.loss")
 
 
 def register(name: str):
   """Adds a `fn(logits, labels, reduction=True)` loss to `LOSSES`."""
-  def deco(fn):
-    if name in LOSSES:
-      raise ValueError(f"Loss {name!r} is already registered.")
-    LOSSES[name] = fn
-    return fn
-  return deco
+  return LOSSES.register(name)
 
 
 def get(name: str) -> Callable[..., jax.Array]:
   """The classification loss called `name`; ValueError lists valid names."""
-  try:
-    return LOSSES[name]
-  except KeyError:
-    raise utils.unknown_name_error(
-        "loss", name, LOSSES, "config.loss") from None
+  return LOSSES.lookup(name)
 
 
 def _reduce(per_example: jax.Array, reduction: bool) -> jax.Array:

@@ -104,20 +104,18 @@ def softmax_contrastive_objective(config, model, loss_name) -> Objective:
 # per-micro-batch) terms: every example is contrasted with the whole batch.
 WHOLE_BATCH_LOSSES = ("sigmoid_contrastive", "softmax_contrastive")
 
-OBJECTIVES: dict[str, Callable[..., Objective]] = {
+OBJECTIVES = utils.Registry("loss", where="config.loss", entries={
     "softmax_xent": classification_objective,
     "sigmoid_xent": classification_objective,
     "sigmoid_contrastive": sigmoid_contrastive_objective,
     "softmax_contrastive": softmax_contrastive_objective,
-}
+})
 
 
 def make(config, model, mesh=None) -> Objective:
   """The objective named by `config.loss` (default softmax_xent)."""
   name = config.get("loss", "softmax_xent")
-  if name not in OBJECTIVES:
-    raise utils.unknown_name_error("loss", name, OBJECTIVES,
-                                   where="config.loss")
+  factory = OBJECTIVES.lookup(name)
   accum_steps = int(config.get("accum_steps", 1) or 1)
   if accum_steps > 1 and name in WHOLE_BATCH_LOSSES:
     raise ValueError(
@@ -127,7 +125,6 @@ def make(config, model, mesh=None) -> Objective:
         f"over batch_size/{accum_steps} examples instead (fewer negatives, a "
         "different loss). Set config.accum_steps=1 (use more devices or a "
         "smaller batch to fit memory).")
-  factory = OBJECTIVES[name]
   if "mesh" in inspect.signature(factory).parameters:
     return factory(config, model, name, mesh=mesh)
   return factory(config, model, name)

@@ -57,15 +57,9 @@ _PREFIX = "big_vision."
 # Each decay maps (step, warmup, total, **its own keys) to a multiplier that is
 # 1 at the end of warmup. Warmup, cooldown and the min_lr floor are applied on
 # top of it by `make_schedule`, identically for every decay type.
-DECAYS: dict[str, Callable[..., jax.Array]] = {}
+DECAYS = utils.Registry("decay_type", where="config.schedule")
 _DECAY_ALIASES = {"poly": "polynomial", "const": "constant"}
-
-
-def _register_decay(name):
-  def deco(fn):
-    DECAYS[name] = fn
-    return fn
-  return deco
+_register_decay = DECAYS.register
 
 
 def _progress(step, warmup, total):
@@ -166,15 +160,11 @@ def make_schedule(sched: Mapping[str, Any] | None, *, total_steps: int,
   sched = dict(sched or {})
   decay_type = sched.pop("decay_type", "constant")
   decay_type = _DECAY_ALIASES.get(decay_type, decay_type)
-  if decay_type not in DECAYS:
-    raise utils.unknown_name_error(
-        "decay_type", decay_type, list(DECAYS) + list(_DECAY_ALIASES),
-        where="config.schedule")
+  decay_fn = DECAYS.lookup(decay_type, extra_names=_DECAY_ALIASES)
   if "linear_end" in sched:
     if "end" in sched:
       raise ValueError("Set only one of schedule keys 'end' and 'linear_end'.")
     sched["end"] = sched.pop("linear_end")
-  decay_fn = DECAYS[decay_type]
   own_keys = _decay_keys(decay_fn)
   valid = (_COMMON_SCHEDULE_KEYS | own_keys) - {"decay_type"}
   for key in sched:
@@ -214,14 +204,11 @@ def make_schedule(sched: Mapping[str, Any] | None, *, total_steps: int,
 # ----------------------------------------------------------------------------
 # big_vision's own transforms (registry of "big_vision.<name>").
 # ----------------------------------------------------------------------------
-OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {}
+OPTIMIZERS = utils.Registry("optax_name", where="config.optax_name")
 
 
 def _register_optimizer(name):
-  def deco(fn):
-    OPTIMIZERS[_PREFIX + name] = fn
-    return fn
-  return deco
+  return OPTIMIZERS.register(_PREFIX + name)
 
 
 @_register_optimizer("momentum_hp")
@@ -381,17 +368,14 @@ def _optax_scale_by_names() -> list[str]:
 def get_transform_factory(name: str) -> Callable[..., Any]:
   """`optax_name` -> factory of a GradientTransformation (see module doc)."""
   if name.startswith(_PREFIX):
-    if name not in OPTIMIZERS:
-      raise utils.unknown_name_error("optax_name", name, OPTIMIZERS,
-                                     where="config.optax_name")
-    return OPTIMIZERS[name]
+    return OPTIMIZERS.lookup(name)
   obj = optax
   for part in name.split("."):
     obj = getattr(obj, part, None)
   if not callable(obj):
-    raise utils.unknown_name_error(
-        "optax_name", name, list(OPTIMIZERS) + _optax_scale_by_names(),
-        where="config.optax_name (an optax transform or big_vision.*)")
+    OPTIMIZERS.lookup(name, extra_names=_optax_scale_by_names(),
+                      where="config.optax_name (an optax transform or "
+                      "big_vision.*)")
   params = inspect.signature(obj).parameters
   if "learning_rate" in params:
     alt = f"scale_by_{name.rsplit('.', 1)[-1]}"

@@ -23,8 +23,6 @@ utils. tensorflow is imported only when a config's real data is traced
 import contextlib
 import dataclasses
 import functools
-import importlib
-import pkgutil
 import types
 from typing import Any, Callable
 
@@ -35,6 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 import optax
 
+from big_vision import models
 from big_vision import objectives
 from big_vision import optax as bv_optax
 from big_vision import sharding
@@ -42,8 +41,6 @@ from big_vision import utils
 
 ConfigError = utils.ConfigError
 
-# Modules of big_vision.models that are building blocks, not models.
-HELPER_MODEL_MODULES = ("common", "resnet_stem")
 
 
 # ----------------------------------------------------------------------------
@@ -63,19 +60,17 @@ def stage(where: str, errors=(ValueError, TypeError)):
 # ----------------------------------------------------------------------------
 # Model.
 # ----------------------------------------------------------------------------
+MODELS = models.MODELS
+
+
 def available_models() -> list[str]:
   """Names valid as `config.model_name`: modules of big_vision.models that
   define a `Model` (building blocks such as resnet_stem are not offered)."""
-  import big_vision.models as pkg  # pylint: disable=g-import-not-at-top
-  return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)
-                if m.name not in HELPER_MODEL_MODULES
-                and not m.name.startswith("_"))
+  return MODELS.names()
 
 
 def model_module(name: str) -> types.ModuleType:
-  return utils.lookup("model", name, available_models(),
-                      lambda n: importlib.import_module(f"big_vision.models.{n}"),
-                      where="config.model_name")
+  return MODELS.lookup(name)
 
 
 def create_model(config):

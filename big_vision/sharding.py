@@ -212,14 +212,12 @@ class TacticContext:
 
 
 Tactic = Callable[[Mesh, str, tuple, TacticContext], P]
-TACTICS: dict[str, Callable[..., Tactic]] = {}
+TACTICS = utils.Registry("sharding tactic",
+                         where="config.sharding_strategy")
 
 
 def register_tactic(name):
-  def deco(fn):
-    TACTICS[name] = fn
-    return fn
-  return deco
+  return TACTICS.register(name)
 
 
 def _axes_tuple(axis) -> tuple[str, ...]:
@@ -386,11 +384,9 @@ def parse_tactic(spec: str) -> Tactic:
                        "literals.") from e
   else:
     raise ValueError(f"Sharding tactic {spec!r} must look like name(args).")
-  if name not in TACTICS:
-    raise utils.unknown_name_error("sharding tactic", name, TACTICS,
-                                   where="config.sharding_strategy")
+  factory = TACTICS.lookup(name)
   try:
-    return TACTICS[name](*args, **kwargs)
+    return factory(*args, **kwargs)
   except TypeError as e:
     raise ValueError(f"Sharding tactic {spec!r}: {e}") from e
 

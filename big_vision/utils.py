@@ -57,6 +57,78 @@ def lookup(kind: str, name: Any, registry, get: Callable[[str], Any] | None
   return get(name) if get is not None else registry[name]
 
 
+class Registry(dict):
+  """The one registry idiom of big_vision: name -> entry for one kind.
+
+    DECAYS = utils.Registry("decay_type", where="config.schedule")
+
+    @DECAYS.register("cosine")
+    def _cosine(...): ...
+
+    DECAYS.lookup(name)   # the entry, or the ValueError of `lookup` above
+
+  Used for every pluggable kind that lives in code: losses, objectives,
+  optimizers, schedule decays, sharding tactics, data sources (pp ops keep
+  big_vision's global `pp.registry.Registry`, which reports unknown names
+  the same way). Kinds that are whole modules (models, evaluators) use
+  `ModuleRegistry`, with the same `lookup` and the same error.
+  """
+
+  def __init__(self, kind: str, where: str = "", entries=None):
+    super().__init__(entries or {})
+    self.kind, self.where = kind, where
+
+  def register(self, name: str):
+    """Decorator adding `fn` under `name`; a second registration is an error."""
+    def deco(fn):
+      if name in self:
+        raise ValueError(f"{self.kind} {name!r} is already registered.")
+      self[name] = fn
+      return fn
+    return deco
+
+  def names(self) -> list[str]:
+    return sorted(self)
+
+  def lookup(self, name: str, where: str | None = None,
+             extra_names: Iterable[str] = ()):
+    """The entry of `name`; else ValueError naming the valid ones (plus
+    `extra_names`: choices that another mechanism accepts)."""
+    if name in self:
+      return self[name]
+    raise unknown_name_error(self.kind, name, list(self) + list(extra_names),
+                             where=self.where if where is None else where)
+
+
+class ModuleRegistry:
+  """A kind whose entries are the modules of a package (models, evaluators):
+  a new module is a new entry. `exclude` names the package's helper modules,
+  which are never offered (e.g. models/resnet_stem.py is a building block)."""
+
+  def __init__(self, kind: str, package: str, exclude: Iterable[str] = (),
+               where: str = ""):
+    self.kind, self.package, self.where = kind, package, where
+    self.exclude = tuple(exclude)
+
+  def names(self) -> list[str]:
+    import importlib  # pylint: disable=g-import-not-at-top
+    import pkgutil  # pylint: disable=g-import-not-at-top
+    pkg = importlib.import_module(self.package)
+    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)
+                  if m.name not in self.exclude and not m.name.startswith("_"))
+
+  def __contains__(self, name) -> bool:
+    return name in self.names()
+
+  def lookup(self, name: str, where: str | None = None):
+    import importlib  # pylint: disable=g-import-not-at-top
+    names = self.names()
+    if name not in names:
+      raise unknown_name_error(self.kind, name, names,
+                               where=self.where if where is None else where)
+    return importlib.import_module(f"{self.package}.{name}")
+
+
 # ----------------------------------------------------------------------------
 # Trees with '/'-joined names, the layout of published checkpoints.
 # ----------------------------------------------------------------------------

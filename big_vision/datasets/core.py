@@ -14,6 +14,8 @@ from typing import Callable
 
 import tensorflow as tf
 
+from big_vision import utils
+
 
 class DataSource(abc.ABC):
   """A split of a dataset: counts, and a tf.data.Dataset of example dicts."""
@@ -120,20 +122,15 @@ def slice_range(n: int, start: str | None, end: str | None) -> tuple[int, int]:
 # ----------------------------------------------------------------------------
 # Registry: name -> factory(split, data_dir, **kw) -> DataSource.
 # ----------------------------------------------------------------------------
-_SOURCES: dict[str, Callable[..., DataSource]] = {}
-_EMBEDDED: dict[str, type] = {}
+_SOURCES = utils.Registry("data source kind", where="config.input.data.name")
+_EMBEDDED = utils.Registry("embedded dataset", where="config.input.data.name")
 
 
 def register_source(name: str):
   """Decorator: `get(name, split, data_dir, **kw)` calls the factory."""
-
-  def deco(factory):
-    if name in _SOURCES or name in _EMBEDDED:
-      raise ValueError(f"Dataset source {name!r} registered twice.")
-    _SOURCES[name] = factory
-    return factory
-
-  return deco
+  if name in _EMBEDDED:
+    raise ValueError(f"Dataset source {name!r} registered twice.")
+  return _SOURCES.register(name)
 
 
 def register_embedded(name: str, builder_cls: type) -> type:
@@ -145,10 +142,9 @@ def register_embedded(name: str, builder_cls: type) -> type:
   not race; afterwards it is read like any other TFDS dataset, so split
   slicing and per-process splitting come for free.
   """
-  if name in _SOURCES or name in _EMBEDDED:
+  if name in _SOURCES:
     raise ValueError(f"Dataset source {name!r} registered twice.")
-  _EMBEDDED[name] = builder_cls
-  return builder_cls
+  return _EMBEDDED.register(name)(builder_cls)
 
 
 def embedded_builder(name: str) -> type | None:

@@ -13,9 +13,7 @@ other key is passed to the Evaluator, so a typo there is a TypeError naming the
 evaluator, raised when evaluators are built (before training starts).
 """
 import dataclasses
-import importlib
 import inspect
-import pkgutil
 from typing import Any, Callable, Iterator
 
 import jax
@@ -29,17 +27,16 @@ SCHEDULING_KEYS = ("type", "log_steps", "log_percent", "log_epochs",
                    "log_examples", "skip_first", "prefix", "use_ema")
 
 
+EVALUATORS = utils.ModuleRegistry("evaluator type", "big_vision.evaluators",
+                                  exclude=HELPER_MODULES)
+
+
 def available_types() -> list[str]:
-  import big_vision.evaluators as pkg  # pylint: disable=g-import-not-at-top
-  return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)
-                if m.name not in HELPER_MODULES and not m.name.startswith("_"))
+  return EVALUATORS.names()
 
 
 def get_evaluator_module(type_name: str, where: str = "config.evals"):
-  if type_name not in available_types():
-    raise utils.unknown_name_error("evaluator type", type_name,
-                                   available_types(), where=where)
-  return importlib.import_module(f"big_vision.evaluators.{type_name}")
+  return EVALUATORS.lookup(type_name, where=where)
 
 
 @dataclasses.dataclass
