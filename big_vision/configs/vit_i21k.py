@@ -5,10 +5,12 @@ r"""Any ViT size pretrained on ImageNet-21k (the ViT / AugReg i21k recipe).
 
 90 epochs (300 for AugReg "long"), batch 4096, Adam (bfloat16 first moment),
 lr 1e-3, wd 1e-4, 10k warmup then cosine, clip 1.0, sigmoid cross-entropy on
-multi-hot labels, randaug(2,10), mixup 0.2, 1k-way few-shot probes during
-pretraining. Expected: ViT-B/16 ~84% ImageNet val after fine-tuning at 384px
-(transfer.py), and the few-shot figures of common_fewshot.py as a running
-quality signal. Needs imagenet21k prepared in $TFDS_DATA_DIR.
+multi-hot labels, randaug(2,10), mixup 0.2, few-shot probes during
+pretraining (ImageNet-1k 1/5/10/25-shot on 65k train images, plus the
+common_fewshot.py datasets). Expected (the AugReg paper's figures, not
+measured here): ViT-B/16 ~84% ImageNet val after fine-tuning at 384px
+(transfer.py); the few-shot numbers are a running quality signal. Needs
+imagenet21k and imagenet2012 prepared in $TFDS_DATA_DIR.
 Args: variant, runlocal.
 """
 import ml_collections
@@ -50,7 +52,8 @@ def get_config(arg=None):
       type="classification", data=dict(name="imagenet21k", split="full[:51200]"),
       pp_fn="decode|resize_small(256)|central_crop(224)" + pp_common,
       batch_size=1024, log_steps=5000, loss_name="sigmoid_xent")
-  config.evals.fewshot = common_fewshot.get_fewshot_lsr(log_steps=5000)
+  config.evals.fewshot = common_fewshot.get_fewshot_lsr(log_steps=5000,
+                                                        imagenet=True)
 
   if arg.runlocal:
     common.runlocal_shrink(config)

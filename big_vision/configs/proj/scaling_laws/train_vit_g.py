@@ -111,7 +111,7 @@ def get_config(arg=None):
       pp_fn=_pp(False, arg.res, num_classes), batch_size=1024,
       log_steps=5000, loss_name="sigmoid_xent")
   config.evals.fewshot = common_fewshot.get_fewshot_lsr(
-      log_steps=10_000, res=arg.res)
+      log_steps=10_000, res=arg.res, imagenet=True)  # ImageNet 10-shot.
 
   if arg.runlocal:
     common.runlocal_shrink(config, res=16, steps=5, batch_size=16)
