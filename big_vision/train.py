@@ -10,6 +10,11 @@ the config check and the tools (eval_only, plan, bench) call, so they build
 exactly what training runs; this module is the loop. Nothing here imports tensorflow at module level: only the data side
 does, and only when real data is read.
 """
+import time
+
+_LAUNCH_TIME = time.time()  # Before the heavy imports below.
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import logging as py_logging
 import os
 import signal
@@ -26,6 +31,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from big_vision import checkpoint
+from big_vision import compile_cache
 from big_vision import config_check
 from big_vision import metric_writer
 from big_vision import program
@@ -47,6 +53,11 @@ def define_flags():
       "config", None, "Training configuration module.",
       lock_config=False, accept_new_attributes=True)
   flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
+  flags.DEFINE_string(
+      "compilation_cache", "auto",
+      "JAX's persistent compilation cache: 'auto' (~/.cache/big_vision/"
+      "jax_cache or $BIG_VISION_COMPILATION_CACHE), a directory, or 'off'. "
+      "A resume or a second launch of the same config skips compiling.")
   flags.DEFINE_bool("distributed", None,
                     "Call jax.distributed.initialize() (multi-process runs). "
                     "Default: when JAX_COORDINATOR_ADDRESS is set.")
@@ -130,6 +141,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   step = first_step
   for step in range(first_step + 1, total_steps + 1):
     state, info = update_fn(state, next(batches))
+    if step == first_step + 1:  # Once: what a compilation cache saves.
+      jax.block_until_ready(info)
+      logging.info("Launch to first step done: %.1f s.",
+                   time.time() - _LAUNCH_TIME)
 
     if step % log_every == 0 or step == total_steps or preempt.requested:
       info = jax.device_get(info)  # The only host sync of the loop.
@@ -188,6 +203,8 @@ class _QuietLibraries:
 def main(argv):
   del argv
   xla_flags.apply()  # Before jax touches a backend.
+  cache = compile_cache.enable(flags.FLAGS.compilation_cache)
+  logging.info("Compilation cache: %s", cache or "off")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = flags.FLAGS.config
   # A typed --config.total_steps=N wins over the module's total_epochs.
