@@ -60,10 +60,16 @@ class _Files:
     return os.path.join(*parts)
 
   def makedirs(self, path):
-    if self.remote:
-      self.gfile.makedirs(path)
-    else:
+    if not self.remote:
       os.makedirs(path, exist_ok=True)
+      return
+    try:
+      self.gfile.makedirs(path)
+    except Exception as e:  # pylint: disable=broad-except
+      # e.g. "File system scheme 's3' not implemented": say so before any
+      # training starts, rather than write the metrics somewhere else.
+      raise ValueError(f"Cannot write metrics to the workdir {path!r} "
+                       f"through tf.io.gfile: {e}") from e
 
   def exists(self, path):
     return self.gfile.exists(path) if self.remote else os.path.exists(path)

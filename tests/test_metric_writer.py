@@ -127,3 +127,11 @@ def test_local_workdir_without_tensorflow_writes_jsonl(tmp_path, monkeypatch):
   assert len(side) == 1
   assert open(side[0]).read() == '{"step": 2, "training_loss": 2.0}\n'
   assert not glob.glob(str(tmp_path / "*tfevents*"))
+
+
+def test_workdir_of_an_unknown_scheme_is_refused(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ValueError, match=r"Cannot write metrics to the workdir "
+                     r"'nosuch://bucket/run' through tf.io.gfile: .*nosuch"):
+    metric_writer.MetricWriter("nosuch://bucket/run", resume_step=-1)
+  assert os.listdir(tmp_path) == []
