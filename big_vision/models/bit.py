@@ -300,11 +300,10 @@ def load(init_params: Any, init_file: str | Mapping[str, Any],
 
   Names are those of the released files, e.g. fine-tuning from BiT-M on a new
   label space uses `dont_load=("resnet/head/.*",)`. Convolutions are
-  resolution independent, so nothing needs resizing.
+  resolution independent, so nothing needs resizing. `init_file` may also
+  be BiT's paper name ("M", "S", "L", "M-ILSVRC2012": the upstream of the
+  config's depth and width, `common.bit_release_url`) or a `params/` /
+  `opt/target/` prefixed file (`common.read_checkpoint`).
   """
-  del model_cfg  # Nothing in BiT depends on the config when loading.
-  if isinstance(init_file, str):
-    # Lazy: checkpoint.py is only needed when reading from disk.
-    from big_vision import checkpoint  # pylint: disable=g-import-not-at-top
-    init_file = checkpoint.load_params(init_file)
-  return common.merge_params(init_file, init_params, dont_load)
+  restored = common.read_checkpoint(init_file, model_cfg, "bit")
+  return common.merge_params(restored, init_params, dont_load)

@@ -284,3 +284,141 @@ def merge_params(loaded: Mapping, init: Mapping, dont_load: Sequence[str] = ()):
     logging.info("In the checkpoint but unused (dont_load): %s",
                  ", ".join(ignored))
   return utils.unflatten_dict(merged)
+
+
+# ----------------------------------------------------------------------------
+# Reading checkpoints: released short names, prefixes, sub-models.
+# ----------------------------------------------------------------------------
+# big_vision's short names of released checkpoints -> their public URLs.
+# ViT: AugReg "How to train your ViT" (arXiv:2106.10270) i21k upstreams and
+# the plain ViT-S/16 i1k baselines (arXiv:2205.01580), as big_vision's
+# vit.py and transfer configs name them; SigLIP image towers (`:img` selects
+# the image tower of the two-tower file). BiT: see `bit_release_url`.
+_AUGREG = "gs://vit_models/augreg/"
+_HOWTO = {
+    "Ti/16": "Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0",
+    "S/32": "S_32-i21k-300ep-lr_0.001-aug_none-wd_0.1-do_0.0-sd_0.0",
+    "S/16": "S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0",
+    "B/32": "B_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-sd_0.0",
+    "B/16": "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0",
+    "B/8": "B_8-i21k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.0-sd_0.0",
+    "L/16": "L_16-i21k-300ep-lr_0.001-aug_strong1-wd_0.1-do_0.0-sd_0.0",
+}
+_SIGLIP = {
+    "B/16 224": "webli_en_b16_224_63724782",
+    "B/16 256": "webli_en_b16_256_60500360",
+    "B/16 384": "webli_en_b16_384_68578854",
+    "B/16 512": "webli_en_b16_512_68580893",
+    "L/16 256": "webli_en_l16_256_60552751",
+    "L/16 384": "webli_en_l16_384_63634585",
+    "So400m/14 224": "webli_en_so400m_224_57633886",
+    "So400m/14 384": "webli_en_so400m_384_58765454",
+    "B/16-i18n 256": "webli_i18n_b16_256_66117334",
+}
+RELEASED = {
+    **{f"howto-i21k-{v}": f"{_AUGREG}{f}.npz" for v, f in _HOWTO.items()},
+    **{f"i1k-s16-{e}": f"gs://big_vision/vit_s16_i1k_{e}.npz"
+       for e in ("90ep", "150ep", "300ep")},
+    **{f"SigLIP {v}": f"gs://big_vision/siglip/{f}.npz:img"
+       for v, f in _SIGLIP.items()},
+    "FunMatch-224px-i1k82.8": "gs://bit_models/distill/R50x1_224.npz",
+    "FunMatch-160px-i1k80.5": "gs://bit_models/distill/R50x1_160.npz",
+}
+_BIT_UPSTREAMS = ("S", "M", "L")
+
+
+def bit_release_url(name: str, model_cfg: Mapping | None = None) -> str | None:
+  """BiT's paper names -> URL, None if `name` is not one.
+
+  "S" / "M" / "L": the BiT-S/M/L upstream of the model's depth and width
+  (config.model depth=50, width=1 -> gs://bit_models/BiT-M-R50x1.npz);
+  "M-ILSVRC2012" (or "M-imagenet2012"): that upstream fine-tuned on i1k;
+  "M-run0-caltech101" and the like: the VTAB fine-tunings.
+  """
+  if not isinstance(name, str) or not name or name[0] not in _BIT_UPSTREAMS:
+    return None
+  if len(name) > 1 and name[1] != "-":
+    return None
+  up, down = name[0], name[1:]
+  down = {"-imagenet2012": "-ILSVRC2012"}.get(down, down)
+  cfg = dict(model_cfg or {})
+  depth, width = cfg.get("depth", 50), cfg.get("width", 1)
+  if "variant" in cfg and cfg["variant"]:
+    m = re.fullmatch(r"R(\d+)x(\d+)", str(cfg["variant"]))
+    if m:
+      depth, width = int(m.group(1)), int(m.group(2))
+  return f"gs://bit_models/BiT-{up}-R{depth}x{width}{down}.npz"
+
+
+def resolve_init(init_file: str, model_cfg: Mapping | None = None,
+                 family: str | None = None) -> str:
+  """A short name of a released checkpoint -> its URL; paths unchanged.
+
+  `family="bit"` also resolves BiT's "S"/"M"/"L"[-finetune] names (they
+  depend on config.model's depth and width).
+  """
+  if init_file in RELEASED:
+    return RELEASED[init_file]
+  if family == "bit":
+    url = bit_release_url(init_file, model_cfg)
+    if url is not None:
+      return url
+  return init_file
+
+
+def unwrap_checkpoint(tree: Mapping) -> dict:
+  """The params of a checkpoint tree, whatever its top-level wrapping.
+
+  big_vision's train-state .npz files keep the params under `params/`
+  (beside `opt/...`), older Flax-optimizer ones under `opt/target/`; bare
+  params (published models, our exports) are returned as they are.
+  """
+  tree = dict(tree)
+  if isinstance(tree.get("params"), Mapping):
+    return dict(tree["params"])
+  opt = tree.get("opt")
+  if isinstance(opt, Mapping) and isinstance(opt.get("target"), Mapping):
+    return dict(opt["target"])
+  return tree
+
+
+def read_checkpoint(init_file, model_cfg: Mapping | None = None,
+                    family: str | None = None) -> dict:
+  """Checkpoint params for a model's `load`, from a path, name or tree.
+
+  Accepts an already loaded tree; a path (.npz local or gs://, or a training
+  workdir); a released short name (`RELEASED`, BiT's "M", ...). A path may
+  end in ":<sub/tree>" to select a sub-model (e.g. "file.npz:img", the
+  image tower of a two-tower checkpoint), as in big_vision. `params/` and
+  `opt/target/` prefixes are stripped (`unwrap_checkpoint`). An unreadable
+  released or remote checkpoint is a ValueError naming its URL.
+  """
+  if isinstance(init_file, Mapping):
+    return unwrap_checkpoint(init_file)
+  import os  # pylint: disable=g-import-not-at-top
+  from big_vision import checkpoint  # pylint: disable=g-import-not-at-top
+  name = os.fspath(init_file)
+  path = resolve_init(name, model_cfg, family)
+  subkey = None
+  m = re.fullmatch(r"(.*\.npz):([\w/]+)", path)
+  if m and not os.path.exists(path):
+    path, subkey = m.groups()
+  try:
+    tree = checkpoint.load_params(path)
+  except Exception as e:  # pylint: disable=broad-except
+    if path == name and "://" not in path:
+      raise
+    what = f"released checkpoint {name!r} = {path}" if path != name else path
+    raise ValueError(
+        f"Cannot read the {what} ({type(e).__name__}: {e}). Offline, copy "
+        f"it to local disk elsewhere (gsutil cp {path} .) and set "
+        "config.model_init to the local path.") from e
+  tree = unwrap_checkpoint(tree)
+  if subkey:
+    for part in subkey.split("/"):
+      if not isinstance(tree, Mapping) or part not in tree:
+        raise ValueError(f"{name!r}: the checkpoint has no sub-model "
+                         f"{subkey!r} (top-level keys: {sorted(tree)}).")
+      tree = tree[part]
+    tree = unwrap_checkpoint(tree)
+  return dict(tree)

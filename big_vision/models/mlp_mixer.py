@@ -158,11 +158,9 @@ def load(init_params: Any, init_file: str | Mapping[str, Any],
 
   The token-mixing MLP's shapes depend on the number of tokens, so a
   checkpoint only loads at the resolution / patch size it was trained at;
-  anything else is reported by name (no silent resizing).
+  anything else is reported by name (no silent resizing). `init_file`: see
+  `common.read_checkpoint` (paths, workdirs, `params/` or `opt/target/`
+  prefixed files; vit_jax and big_vision name Mixer parameters alike).
   """
-  del model_cfg
-  if isinstance(init_file, str):
-    # Lazy: checkpoint.py is only needed when reading from disk.
-    from big_vision import checkpoint  # pylint: disable=g-import-not-at-top
-    init_file = checkpoint.load_params(init_file)
-  return common.merge_params(init_file, init_params, dont_load)
+  restored = common.read_checkpoint(init_file, model_cfg, "mlp_mixer")
+  return common.merge_params(restored, init_params, dont_load)

@@ -162,13 +162,7 @@ def load(init_params: Mapping | None, init_file, model_cfg=None,
     the model's. Anything missing, unexpected or misshaped is a ValueError
     naming it (e.g. a checkpoint trained with another max text length).
   """
-  if isinstance(init_file, Mapping):
-    restored = dict(init_file)
-  else:
-    from big_vision import checkpoint  # pylint: disable=g-import-not-at-top
-    restored = checkpoint.load_params(init_file)
-  if set(restored) == {"params"}:
-    restored = restored["params"]
+  restored = common.read_checkpoint(init_file, model_cfg, "text_transformer")
 
   restored = common.match_scan_layout(restored, init_params, model_cfg,
                                       _BLOCK_PREFIX)

@@ -23,15 +23,14 @@ log: `temperature_init=10` gives t = log 10 (LiT, SigLIP), and the bias of
 SigLIP starts at -10 so that the ~B^2 negative pairs start with a small
 loss instead of swamping the B positives.
 """
-import importlib
 import math
 import os
-import pkgutil
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from big_vision import models
 from big_vision import utils
 from big_vision.models import common
 
@@ -43,19 +42,16 @@ TOWER_DEFAULTS: dict[str, dict[str, Any]] = {"vit": {"head_zeroinit": False}}
 _ALIASES = {"image": "img", "text": "txt", "temperature": "t", "bias": "b"}
 
 
-def _model_names() -> list[str]:
-  import big_vision.models as pkg  # pylint: disable=g-import-not-at-top
-  return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)
-                if m.name not in ("common", "two_towers")
-                and not m.name.startswith("_"))
+# A tower is any model but a two-tower one.
+# (Not `TOWERS`: that name is the tuple of tower keys above.)
+TOWER_MODULES = utils.ModuleRegistry(
+    "tower model", "big_vision.models",
+    exclude=models.HELPER_MODULES + ("two_towers",))
 
 
 def tower_module(name: str, where: str):
   """The model module `big_vision.models.<name>`; ValueError lists them."""
-  if name not in _model_names():
-    raise utils.unknown_name_error("tower model", name, _model_names(),
-                                   where=where)
-  return importlib.import_module(f"big_vision.models.{name}")
+  return TOWER_MODULES.lookup(name, where=where)
 
 
 def _normalize(z):
@@ -163,18 +159,12 @@ def Model(  # pylint: disable=invalid-name
 # Checkpoints.
 # ----------------------------------------------------------------------------
 def _unwrap(tree: Mapping) -> dict:
-  """Published checkpoints keep everything under a top-level `params`."""
-  tree = dict(tree)
-  if set(tree) == {"params"}:
-    tree = dict(tree["params"])
-  return tree
+  """Strips `params/` or `opt/target/` (big_vision train-state files)."""
+  return common.unwrap_checkpoint(tree)
 
 
 def _read(source) -> dict:
-  if isinstance(source, Mapping):
-    return _unwrap(source)
-  from big_vision import checkpoint  # pylint: disable=g-import-not-at-top
-  return _unwrap(checkpoint.load_params(os.fspath(source)))
+  return common.read_checkpoint(source, family="two_towers")
 
 
 def _is_two_tower(tree: Mapping) -> bool:

@@ -677,7 +677,11 @@ def load(init_params: Mapping | None, init_file, model_cfg=None,
     init_params: freshly initialised params of the target model (arrays or
       ShapeDtypeStructs), or None to just convert the checkpoint to the
       big_vision layout (scanned iff model_cfg["scan"]).
-    init_file: path to an `.npz` (local or gs://), or an already loaded tree.
+    init_file: path to an `.npz` (local or gs://, optionally ":img"-style
+      sub-model), a workdir, a released short name ("howto-i21k-B/32",
+      "i1k-s16-300ep", see `common.RELEASED`), or an already loaded tree;
+      `params/` / `opt/target/` prefixes are stripped, and the vit_jax
+      layout is converted (`from_vit_jax`).
     model_cfg: the model's config; only used when init_params is None.
     dont_load: regexes of parameter names that keep their fresh init (and may
       be absent from, or differently shaped in, the checkpoint).
@@ -687,11 +691,7 @@ def load(init_params: Mapping | None, init_file, model_cfg=None,
     embeddings are resampled to the model's grid when it differs. Anything
     missing, unexpected or of the wrong shape raises a ValueError naming it.
   """
-  if isinstance(init_file, Mapping):
-    restored = init_file
-  else:
-    from big_vision import checkpoint  # pylint: disable=g-import-not-at-top
-    restored = checkpoint.load_params(init_file)
+  restored = common.read_checkpoint(init_file, model_cfg, "vit")
   restored = from_vit_jax(restored)
 
   restored = common.match_scan_layout(restored, init_params, model_cfg,
