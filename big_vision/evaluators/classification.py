@@ -30,33 +30,39 @@ class Evaluator:
     self.data, self.pp_fn, self.batch_size = dict(data), pp_fn, batch_size
     self.label_key, self.skip_empty = label_key, skip_empty
     self.cache_final = cache_final
-    loss_fn = losses.get(loss_name)
-
-    @jax.jit
-    def eval_batch(params, batch):
-      logits, _ = predict_fn(params, batch["image"])
-      labels = batch[label_key].astype(jnp.float32)
-      mask = batch["_mask"].astype(jnp.float32)
-      if skip_empty:
-        mask = mask * (labels.sum(-1) > 0)
-      topk = jax.lax.top_k(logits.astype(jnp.float32), min(5, logits.shape[-1]))[1]
-      hits = jnp.take_along_axis(labels, topk, axis=-1) > 0
-      loss = loss_fn(logits, labels, reduction=False)
-      # The loss averages over the same examples as prec@k: with skip_empty,
-      # an unlabelled example (whose softmax loss is 0 whatever the logits)
-      # would otherwise only dilute it.
-      return dict(top1=jnp.sum(hits[:, 0] * mask),
-                  top5=jnp.sum(hits.any(-1) * mask),
-                  loss=jnp.sum(loss * mask), n=jnp.sum(mask))
-    self.eval_batch = eval_batch
+    losses.get(loss_name)  # An unknown name fails now, not at the first run.
+    self.loss_name = loss_name
+    # Shared with every evaluator of the run that needs the logits.
+    self.logits = common.compiled_predict(predict_fn, "logits")
 
   def run(self, train_state):
     totals = None
     for batch in common.eval_batches(self.data, self.pp_fn, self.batch_size,
                                      self.mesh, self.cache_final):
-      sums = self.eval_batch(train_state["params"], batch)
+      logits = self.logits(train_state["params"], batch["image"])
+      sums = batch_sums(logits, batch[self.label_key], batch["_mask"],
+                        loss_name=self.loss_name, skip_empty=self.skip_empty)
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.tree.map(lambda x: float(common.to_host(x)), totals)
     yield "prec@1", totals["top1"] / max(totals["n"], 1)
     yield "prec@5", totals["top5"] / max(totals["n"], 1)
     yield "loss", totals["loss"] / max(totals["n"], 1)
+
+
+@functools.partial(jax.jit, static_argnames=("loss_name", "skip_empty"))
+def batch_sums(logits, labels, mask, *, loss_name, skip_empty):
+  """Sums over a batch's real examples: top-1 / top-5 hits, loss, count."""
+  labels = labels.astype(jnp.float32)
+  mask = mask.astype(jnp.float32)
+  if skip_empty:
+    mask = mask * (labels.sum(-1) > 0)
+  topk = jax.lax.top_k(logits.astype(jnp.float32),
+                       min(5, logits.shape[-1]))[1]
+  hits = jnp.take_along_axis(labels, topk, axis=-1) > 0
+  loss = losses.get(loss_name)(logits, labels, reduction=False)
+  # The loss averages over the same examples as prec@k: with skip_empty,
+  # an unlabelled example (whose softmax loss is 0 whatever the logits)
+  # would otherwise only dilute it.
+  return dict(top1=jnp.sum(hits[:, 0] * mask),
+              top5=jnp.sum(hits.any(-1) * mask),
+              loss=jnp.sum(loss * mask), n=jnp.sum(mask))

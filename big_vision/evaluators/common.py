@@ -66,6 +66,23 @@ class ScheduledEvaluator:
       yield f"{self.prefix}{key}", value
 
 
+# big_vision's evaluator key `cache`: what to keep between runs of an
+# evaluator. "final_data": the preprocessed batches (here `cache_final=True`);
+# "none", "pipeline", "raw_data": recompute them each run (cache_final=False;
+# raw examples are re-read, which the OS file cache makes cheap).
+CACHE_CHOICES = ("none", "pipeline", "raw_data", "final_data")
+
+
+def _cache_kwargs(cache, sig, where) -> dict:
+  value = "none" if cache is None else str(cache).lower()
+  if value not in CACHE_CHOICES:
+    raise ValueError(f"{where}.cache: unknown value {cache!r}; valid: "
+                     f"{', '.join(CACHE_CHOICES)}.")
+  if "cache_final" not in sig.parameters:
+    return {}  # This evaluator keeps what it needs itself.
+  return {"cache_final": value == "final_data"}
+
+
 def check_config(eval_config, where: str) -> tuple[Any, dict]:
   """Validates one evaluator's config without building it (no data read)."""
   cfg = dict(eval_config)
@@ -75,6 +92,8 @@ def check_config(eval_config, where: str) -> tuple[Any, dict]:
   module = get_evaluator_module(cfg["type"], where=f"{where}.type")
   kwargs = {k: v for k, v in cfg.items() if k not in SCHEDULING_KEYS}
   sig = inspect.signature(module.Evaluator)
+  if "cache" in kwargs:
+    kwargs.update(_cache_kwargs(kwargs.pop("cache"), sig, where))
   if not any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
     valid = [n for n in sig.parameters if n not in ("predict_fn", "mesh")]
     for k in kwargs:
@@ -104,6 +123,55 @@ def from_config(config, predict_fn: Callable, mesh, *, total_steps: int,
         prefix=cfg.get("prefix", f"{name}/"),
         use_ema=bool(cfg.get("use_ema", False))))
   return out
+
+
+# ----------------------------------------------------------------------------
+# One compiled predict function per (model, output selection, input shape).
+# ----------------------------------------------------------------------------
+def _select(predict_fn, selection: str) -> Callable:
+  """`selection` -> fn(params, x) computing only that output of the model.
+
+  "logits": a classifier's logits; "out:<name>": its named output `name`
+  (e.g. "out:pre_logits"); "zimg" / "ztxt": a two-tower model's image /
+  text embedding of `x`.
+  """
+  if selection == "logits":
+    return lambda params, x: predict_fn(params, x)[0]
+  if selection == "zimg":
+    return lambda params, x: predict_fn(params, x, None)[0]
+  if selection == "ztxt":
+    return lambda params, x: predict_fn(params, None, x)[1]
+  if selection.startswith("out:"):
+    name = selection[len("out:"):]
+
+    def named_output(params, x):
+      _, out = predict_fn(params, x)
+      if name not in out:
+        raise ValueError(
+            f"Unknown representation_layer {name!r}. The model's named "
+            f"outputs are: {', '.join(sorted(out))}.")
+      return out[name]
+    return named_output
+  raise ValueError(f"Unknown predict selection {selection!r}; valid: logits, "
+                   "zimg, ztxt, out:<name>.")
+
+
+_COMPILED: dict[tuple[Any, str], Callable] = {}
+
+
+def compiled_predict(predict_fn, selection: str = "logits") -> Callable:
+  """The jitted `fn(params, x)` of `selection`, shared by every evaluator.
+
+  Evaluators of one run get the same `predict_fn` (the program's), so all
+  those that need the same output get this same jitted function, and jax's
+  cache compiles it once per input shape: four ImageNet evaluators with one
+  pp resolution compile the model's forward pass once, not four times. Each
+  evaluator's metrics run in their own small jitted function on the output.
+  """
+  key = (predict_fn, selection)
+  if key not in _COMPILED:
+    _COMPILED[key] = jax.jit(_select(predict_fn, selection))
+  return _COMPILED[key]
 
 
 # ----------------------------------------------------------------------------

@@ -134,8 +134,8 @@ class Evaluator:
                ks=(1, 5, 20), weighting="uniform", temperature=0.07,
                representation_layer="pre_logits", batch_size=256,
                label_key="label", data_dir=None):
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from big_vision.evaluators import common
     if not datasets:
       raise ValueError("knn needs at least one entry in `datasets`.")
     for name, spec in datasets.items():
@@ -154,15 +154,9 @@ class Evaluator:
     self.batch_size, self.label_key = batch_size, label_key
     self.data_dir, self.layer = data_dir, representation_layer
 
-    def features(params, batch):
-      _, out = predict_fn(params, batch["image"])
-      if self.layer not in out:
-        raise ValueError(
-            f"Unknown representation_layer {self.layer!r} for knn. "
-            f"The model's named outputs are: {', '.join(sorted(out))}.")
-      x = out[self.layer]
-      return jnp.reshape(x, (x.shape[0], -1)).astype(jnp.float32)
-    self.features = jax.jit(features)
+    # Shared with every evaluator of the run that reads the same layer.
+    layer = common.compiled_predict(predict_fn, f"out:{representation_layer}")
+    self.features = lambda params, batch: layer(params, batch["image"])
 
   def _compute(self, params, tfds_name, split, pp):
     from big_vision.evaluators import common  # pylint: disable=g-import-not-at-top
@@ -172,7 +166,8 @@ class Evaluator:
     xs, ys = [], []
     for batch in common.eval_batches(data, pp, self.batch_size, self.mesh):
       mask = common.to_host(batch["_mask"]).astype(bool)
-      xs.append(common.to_host(self.features(params, batch))[mask])
+      x = common.to_host(self.features(params, batch))[mask]
+      xs.append(x.reshape(len(x), -1).astype(np.float32))
       y = common.to_host(batch[self.label_key])
       ys.append((y.argmax(-1) if y.ndim == 2 else y)[mask])
     return np.concatenate(xs), np.concatenate(ys).astype(np.int64)

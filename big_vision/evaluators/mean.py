@@ -1,11 +1,13 @@
 """Mean of per-example quantities computed by a user function over a split.
 
-`pred_fn(params, batch) -> dict name -> per-example array [B]` is looked up
-by name in `PER_EXAMPLE_FNS` (`loss`: the classifier's loss on `labels`;
+`fn(logits, batch, loss_name) -> dict name -> per-example array [B]` is
+looked up by name in `PER_EXAMPLE_FNS` (`loss`: the classifier's loss on `labels`;
 `accuracy`: top-1 hit). Masked (padding) examples never count.
 
   config.evals.val_loss = dict(type="mean", pred="loss", data=..., pp_fn=...)
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -14,21 +16,15 @@ from big_vision import utils
 from big_vision.evaluators import common
 
 
-def _loss(predict_fn, loss_name):
+def _loss(logits, batch, loss_name):
   loss_fn = losses.get(loss_name)
-  def fn(params, batch):
-    logits, _ = predict_fn(params, batch["image"])
-    return {"loss": loss_fn(logits, batch["labels"], reduction=False)}
-  return fn
+  return {"loss": loss_fn(logits, batch["labels"], reduction=False)}
 
 
-def _accuracy(predict_fn, loss_name):
+def _accuracy(logits, batch, loss_name):
   del loss_name
-  def fn(params, batch):
-    logits, _ = predict_fn(params, batch["image"])
-    hit = jnp.take_along_axis(batch["labels"], logits.argmax(-1)[:, None], -1)
-    return {"accuracy": (hit[:, 0] > 0).astype(jnp.float32)}
-  return fn
+  hit = jnp.take_along_axis(batch["labels"], logits.argmax(-1)[:, None], -1)
+  return {"accuracy": (hit[:, 0] > 0).astype(jnp.float32)}
 
 
 PER_EXAMPLE_FNS = {"loss": _loss, "accuracy": _accuracy}
@@ -42,24 +38,28 @@ class Evaluator:
     if pred not in PER_EXAMPLE_FNS:
       raise utils.unknown_name_error("mean evaluator pred", pred,
                                      PER_EXAMPLE_FNS)
-    per_example = PER_EXAMPLE_FNS[pred](predict_fn, loss_name)
+    losses.get(loss_name)  # An unknown name fails now, not at the first run.
+    self.pred, self.loss_name = pred, loss_name
     self.mesh, self.data, self.pp_fn = mesh, dict(data), pp_fn
     self.batch_size, self.cache_final = batch_size, cache_final
-
-    @jax.jit
-    def sums(params, batch):
-      mask = batch["_mask"].astype(jnp.float32)
-      outs = per_example(params, batch)
-      return {k: jnp.sum(v.astype(jnp.float32) * mask) for k, v in outs.items()
-              }, jnp.sum(mask)
-    self.sums = sums
+    # Shared with every evaluator of the run that needs the logits.
+    self.logits = common.compiled_predict(predict_fn, "logits")
 
   def run(self, train_state):
     totals, n = None, 0.0
     for batch in common.eval_batches(self.data, self.pp_fn, self.batch_size,
                                      self.mesh, self.cache_final):
-      s, cnt = self.sums(train_state["params"], batch)
+      logits = self.logits(train_state["params"], batch["image"])
+      s, cnt = _sums(logits, batch, pred=self.pred, loss_name=self.loss_name)
       totals = s if totals is None else jax.tree.map(jnp.add, totals, s)
       n += float(cnt)
     for k, v in (totals or {}).items():
       yield k, float(common.to_host(v)) / max(n, 1.0)
+
+
+@functools.partial(jax.jit, static_argnames=("pred", "loss_name"))
+def _sums(logits, batch, *, pred, loss_name):
+  mask = batch["_mask"].astype(jnp.float32)
+  outs = PER_EXAMPLE_FNS[pred](logits, batch, loss_name)
+  return {k: jnp.sum(v.astype(jnp.float32) * mask) for k, v in outs.items()
+          }, jnp.sum(mask)

@@ -29,7 +29,6 @@ batch or device computed them.
 """
 from typing import Sequence
 
-import jax
 import numpy as np
 
 from big_vision.evaluators import common
@@ -72,18 +71,20 @@ class Evaluator:
     if not self.ks or min(self.ks) < 1:
       raise ValueError(f"retrieval: ks must be positive ints, got {ks!r}.")
 
-    @jax.jit
-    def embed(params, batch):
-      tokens = batch["labels"]
-      if tokens.ndim != 3:
-        raise ValueError(
-            f"retrieval: pp_fn must give 'labels' of shape [k, length] per "
-            f"image (k captions), got {tokens.shape[1:]}.")
-      b, per, length = tokens.shape
-      zimg = predict_fn(params, batch["image"], None)[0]
-      ztxt = predict_fn(params, None, tokens.reshape(b * per, length))[1]
-      return zimg, ztxt.reshape(b, per, -1)
-    self.embed = embed
+    # Shared with every evaluator of the run that embeds images / texts.
+    self.embed_image = common.compiled_predict(predict_fn, "zimg")
+    self.embed_text = common.compiled_predict(predict_fn, "ztxt")
+
+  def embed(self, params, batch):
+    tokens = batch["labels"]
+    if tokens.ndim != 3:
+      raise ValueError(
+          f"retrieval: pp_fn must give 'labels' of shape [k, length] per "
+          f"image (k captions), got {tokens.shape[1:]}.")
+    b, per, length = tokens.shape
+    zimg = self.embed_image(params, batch["image"])
+    ztxt = self.embed_text(params, tokens.reshape(b * per, length))
+    return zimg, ztxt.reshape(b, per, -1)
 
   def run(self, train_state):
     zimgs, ztxts = [], []

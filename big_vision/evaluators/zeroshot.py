@@ -175,22 +175,9 @@ class Evaluator:
       self.tasks.append(_Task(name, cfg, pp_txt,
                               where=f"zeroshot datasets[{name!r}]"))
 
-    self.embed_text = jax.jit(lambda p, t: predict_fn(p, None, t)[1])
-
-    @jax.jit
-    def eval_batch(params, batch, class_emb):
-      zimg = predict_fn(params, batch["image"], None)[0]
-      logits = zimg @ class_emb.T
-      labels = batch["label"].astype(jnp.int32)
-      num_classes = class_emb.shape[0]
-      topk = jax.lax.top_k(logits, min(5, num_classes))[1]
-      hits = topk == labels[:, None]
-      mask = batch["_mask"].astype(jnp.float32)
-      out_of_range = (labels < 0) | (labels >= num_classes)
-      return dict(top1=jnp.sum(hits[:, 0] * mask),
-                  top5=jnp.sum(hits.any(-1) * mask), n=jnp.sum(mask),
-                  out_of_range=jnp.sum(out_of_range * mask))
-    self.eval_batch = eval_batch
+    # Shared with every evaluator of the run that embeds images / texts.
+    self.embed_text = common.compiled_predict(predict_fn, "ztxt")
+    self.embed_image = common.compiled_predict(predict_fn, "zimg")
 
   def class_embeddings(self, params, task: _Task) -> np.ndarray:
     """[num_classes, D]: the renormalised mean of each class's prompts."""
@@ -209,7 +196,8 @@ class Evaluator:
       totals = None
       for batch in common.eval_batches(task.data, pp, self.batch_size,
                                        self.mesh, self.cache_final):
-        sums = self.eval_batch(params, batch, class_emb)
+        zimg = self.embed_image(params, batch["image"])
+        sums = _batch_sums(zimg, batch["label"], batch["_mask"], class_emb)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals,
                                                           sums)
       totals = {k: float(common.to_host(v)) for k, v in totals.items()}
@@ -222,3 +210,18 @@ class Evaluator:
       yield f"{task.name}/top1", totals["top1"] / n
       if len(task.class_names) > 5:
         yield f"{task.name}/top5", totals["top5"] / n
+
+
+@jax.jit
+def _batch_sums(zimg, labels, mask, class_emb):
+  """Top-1 / top-5 hits of a batch's image embeddings against the classes."""
+  logits = zimg @ class_emb.T
+  labels = labels.astype(jnp.int32)
+  num_classes = class_emb.shape[0]
+  topk = jax.lax.top_k(logits, min(5, num_classes))[1]
+  hits = topk == labels[:, None]
+  mask = mask.astype(jnp.float32)
+  out_of_range = (labels < 0) | (labels >= num_classes)
+  return dict(top1=jnp.sum(hits[:, 0] * mask),
+              top5=jnp.sum(hits.any(-1) * mask), n=jnp.sum(mask),
+              out_of_range=jnp.sum(out_of_range * mask))

@@ -194,3 +194,50 @@ def test_mean_unknown_pred_names_the_valid_ones():
   with pytest.raises(ValueError, match=r"accuracy, loss"):
     mean.Evaluator(_predict_fn, mesh=sharding.make_mesh(), data={}, pp_fn="",
                    pred="top7")
+
+
+# ----------------------------------------------------------------------------
+# Evaluators of one run share one compiled predict function.
+# ----------------------------------------------------------------------------
+def test_evaluators_over_one_model_and_shape_share_one_compiled_predict(
+    tmp_path):
+  """Four evaluators (two classification on different splits, one `mean`
+  loss, one `mean` accuracy) with the same input shape trace the model
+  once; another output selection, or another input shape, traces again."""
+  from big_vision.evaluators import common  # pylint: disable=g-import-not-at-top
+  traces = []
+
+  def predict_fn(params, image):
+    traces.append(image.shape)  # Runs only when jax traces.
+    return image * params["t"], {"pre_logits": image}
+
+  data, logits, onehot, _ = _write(tmp_path)
+  data_b = dict(data, split="train[:30]")
+  mesh = sharding.make_mesh()
+  evs = [classification.Evaluator(predict_fn, mesh=mesh, data=data,
+                                  pp_fn=PP_SINGLE, batch_size=16),
+         classification.Evaluator(predict_fn, mesh=mesh, data=data_b,
+                                  pp_fn=PP_SINGLE, batch_size=16),
+         mean.Evaluator(predict_fn, mesh=mesh, data=data, pp_fn=PP_SINGLE,
+                        batch_size=16, pred="loss"),
+         mean.Evaluator(predict_fn, mesh=mesh, data=data, pp_fn=PP_SINGLE,
+                        batch_size=16, pred="accuracy")]
+  assert len({id(ev.logits) for ev in evs}) == 1
+  results = [dict(ev.run(STATE)) for ev in evs]
+  assert traces == [(16, C)], traces
+  # Still the right numbers, each from its own metrics.
+  for got, n in ((results[0], N), (results[1], 30)):
+    want = _np_classification(logits[:n], onehot[:n], "softmax_xent", False)
+    for k in want:
+      assert got[k] == pytest.approx(want[k], rel=1e-5), (n, k)
+  assert results[2]["loss"] == pytest.approx(results[0]["loss"], rel=1e-6)
+  assert results[3]["accuracy"] == pytest.approx(results[0]["prec@1"])
+
+  # A new input shape traces once more; so does another output.
+  classification.Evaluator(predict_fn, mesh=mesh, data=data, pp_fn=PP_SINGLE,
+                           batch_size=24).run(STATE).__next__()
+  assert traces == [(16, C), (24, C)]
+  features = common.compiled_predict(predict_fn, "out:pre_logits")
+  assert features is not evs[0].logits
+  features(STATE["params"], jnp.zeros((16, C)))
+  assert traces == [(16, C), (24, C), (16, C)]
