@@ -201,6 +201,7 @@ TOP_LEVEL: dict[str, Check] = {
     "schedule": _optional(_schedule),
     "grad_clip_norm": _optional(_number(0, lo_open=True)),
     "mixup": _optional(_mapping),
+    "label_smoothing": _optional(_number(0, 1, hi_open=True)),
     "mesh": _optional(_mesh),
     "sharding_strategy": _optional(_pairs("(regex, tactic)")),
     "sharding_rules": _optional(_pairs("(logical axis, mesh axes)")),
@@ -224,7 +225,8 @@ INPUT_KEYS: dict[str, Check] = {
     "skip_corrupt": _bool,
 }
 
-MIXUP_KEYS: dict[str, Check] = {"p": _number(0)}
+MIXUP_KEYS: dict[str, Check] = {"p": _number(0), "cutmix_alpha": _number(0),
+                                "switch_prob": _number(0, 1)}
 
 
 def _check_keys(config, schema: Mapping[str, Check], where: str):

@@ -12,6 +12,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from big_vision import batch_aug
 from big_vision import losses
 from big_vision import utils
 
@@ -30,32 +31,42 @@ class Objective(NamedTuple):
   prepare: Callable[[dict, jax.Array], dict] | None = None
 
 
-def mixup(rng, images, labels, p: float):
-  """Mixes each example with its neighbour in the batch (one lambda per batch).
-
-  lambda ~ Beta(p, p), folded to >= 0.5 so the original image dominates.
-  """
-  lam = jax.random.beta(rng, p, p)
-  lam = jnp.maximum(lam, 1.0 - lam)
-  mix = lambda x: lam * x + (1.0 - lam) * jnp.roll(x, 1, axis=0)
-  return mix(images), mix(labels)
+# One lambda per batch, folded to >= 0.5 (see batch_aug.mixup).
+mixup = batch_aug.mixup
 
 
 def classification_objective(config, model, loss_name) -> Objective:
-  """Image -> logits, against (multi-)hot `labels`; optional mixup."""
+  """Image -> logits, against (multi-)hot `labels`.
+
+  Batch-level augmentation, drawn once per global batch by the step
+  (`Objective.prepare`): `config.mixup = dict(p=..., cutmix_alpha=...,
+  switch_prob=0.5)` mixes (mixup, Beta(p, p)) or pastes a box (CutMix,
+  Beta(alpha, alpha)), one of the two per batch as in timm when both are
+  on; `config.label_smoothing = eps` smooths the labels to
+  (1 - eps) * y + eps / num_classes first.
+  """
   loss_fn = losses.get(loss_name)
-  mixup_p = (config.get("mixup") or {}).get("p", 0.0)
+  mix = dict(config.get("mixup") or {})
+  mixup_p = float(mix.get("p") or 0.0)
+  cutmix_alpha = float(mix.get("cutmix_alpha") or 0.0)
+  switch_prob = float(mix.get("switch_prob", 0.5))
+  eps = float(config.get("label_smoothing") or 0.0)
 
   def prepare(batch, rng):
-    images, labels = mixup(rng, batch["image"],
-                           batch["labels"].astype(jnp.float32), mixup_p)
+    labels = batch["labels"].astype(jnp.float32)
+    if eps:
+      labels = batch_aug.smooth_labels(labels, eps)
+    images, labels = batch_aug.mix_or_cut(
+        rng, batch["image"], labels, mixup_p=mixup_p,
+        cutmix_alpha=cutmix_alpha, switch_prob=switch_prob)
     return {**batch, "image": images, "labels": labels}
 
   def loss(params, batch, rng):
     logits, _ = model.apply({"params": params}, batch["image"], train=True,
                             rngs={"dropout": rng})
     return loss_fn(logits, batch["labels"])
-  return Objective(("image",), loss, prepare if mixup_p else None)
+  active = mixup_p or cutmix_alpha or eps
+  return Objective(("image",), loss, prepare if active else None)
 
 
 def _embed_pair(model, params, batch, rng):

@@ -153,3 +153,32 @@ def test_smooth_labels_closed_form_and_commutes_with_mixing():
     np.testing.assert_allclose(aug(batch_aug.smooth_labels(labels, eps)),
                                batch_aug.smooth_labels(aug(labels), eps),
                                atol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# Through the classification objective, as configs switch them on.
+# ----------------------------------------------------------------------------
+def test_objective_prepare_smooths_then_cuts_like_batch_aug():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from big_vision import objectives  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(dict(
+      loss="softmax_xent", label_smoothing=0.1,
+      mixup=dict(p=0.0, cutmix_alpha=1.0)))
+  obj = objectives.make(config, model=None)
+  rng = jax.random.PRNGKey(3)
+  images = jax.random.normal(jax.random.PRNGKey(0), (8, 6, 6, 3))
+  labels = jax.nn.one_hot(jnp.arange(8) % 5, 5)
+  out = obj.prepare({"image": images, "labels": labels}, rng)
+  want_x, want_y = batch_aug.cutmix(
+      rng, images, batch_aug.smooth_labels(labels, 0.1), 1.0)
+  np.testing.assert_array_equal(out["image"], want_x)
+  np.testing.assert_allclose(out["labels"], want_y, rtol=1e-6)
+  np.testing.assert_allclose(out["labels"].sum(-1), 1.0, rtol=1e-6)
+  assert float(out["labels"].min()) >= 0.1 / 5 - 1e-7  # Smoothing floor.
+
+
+def test_no_batch_augmentation_means_no_prepare_step():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from big_vision import objectives  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(dict(loss="softmax_xent"))
+  assert objectives.make(config, model=None).prepare is None
