@@ -28,6 +28,7 @@ import os
 import shutil
 import tempfile
 import time
+import threading
 import uuid
 from typing import Any, Mapping
 
@@ -250,7 +251,12 @@ class Checkpointer:
 
   def __init__(self, workdir: str, *, keep_every: int | None = None,
                keep: int = 2, async_save: bool = True,
-               read_only: bool = False):
+               read_only: bool = False, timeout_s: float | None = None):
+    """`timeout_s` (big_vision's `config.ckpt_timeout`): how long a save
+    waits for the previous asynchronous save to finish before raising
+    TimeoutError (checkpointing has become the bottleneck: a slow or distant
+    disk, or ckpt_steps too small); None waits as long as it takes."""
+    self.timeout_s = timeout_s
     self.directory = os.path.join(workdir, CKPT_SUBDIR)
     if not _is_remote(self.directory):
       self.directory = os.path.abspath(self.directory)
@@ -429,7 +435,7 @@ class Checkpointer:
     """Starts saving `state` as `step`; returns once the arrays are on host."""
     # The previous save must be final before `_saving_step` changes: its
     # manifest callback reads it. (orbax waits for it anyway.)
-    self.manager.wait_until_finished()
+    self._wait_for_previous(step)
     if step in self.manager.all_steps():
       return
     self._saving_step = step
@@ -439,6 +445,21 @@ class Checkpointer:
                       force=True)
     if not self._async:
       self._write_manifest_after_the_fact(step)
+
+  def _wait_for_previous(self, step: int):
+    if self.timeout_s is None:
+      self.manager.wait_until_finished()
+      return
+    waiter = threading.Thread(target=self.manager.wait_until_finished,
+                              daemon=True)
+    waiter.start()
+    waiter.join(self.timeout_s)
+    if waiter.is_alive():
+      raise TimeoutError(
+          f"Checkpoint of step {self._saving_step} still being written after "
+          f"ckpt_timeout={self.timeout_s}s, when step {step} is due: "
+          "checkpointing is the bottleneck (a slow or distant disk, or "
+          "ckpt_steps too small). Raise config.ckpt_timeout or ckpt_steps.")
 
   def _write_manifest_after_the_fact(self, step):
     # Synchronous saves are final when save() returns; no callback runs.

@@ -212,6 +212,11 @@ TOP_LEVEL: dict[str, Check] = {
     "accum_steps": _int(1),
     "ema_decay": _optional(_number(0, 1, hi_open=True)),
     "chunked_loss": _bool,
+    # big_vision keys: op modules to import (an unknown one is an error, see
+    # _pp_modules) and the seconds a due checkpoint waits for the previous
+    # asynchronous save (checkpoint.Checkpointer(timeout_s=...)).
+    "pp_modules": _optional(lambda v, where: _pp_modules(v, where)),
+    "ckpt_timeout": _optional(_number(0, lo_open=True)),
 }
 
 # Keys of config.input (data/pp/batching; see input_pipeline.training).
@@ -221,6 +226,7 @@ INPUT_KEYS: dict[str, Check] = {
     "pp": _optional(lambda v, where: None),  # A string or a callable.
     "shuffle_buffer_size": _optional(_int(0)),
     "cache_raw": _bool,
+    "cache": _bool,  # Cache the preprocessed examples (big_vision's cache).
     "prefetch": _optional(_int(-1)),
     "skip_corrupt": _bool,
 }
@@ -229,14 +235,48 @@ MIXUP_KEYS: dict[str, Check] = {"p": _number(0), "cutmix_alpha": _number(0),
                                 "switch_prob": _number(0, 1)}
 
 
+def _pp_modules(v, where):
+  """Imports big_vision.pp.<name> for each name (registering their ops)."""
+  from big_vision.pp import builder  # pylint: disable=g-import-not-at-top
+  if isinstance(v, str) or not isinstance(v, (list, tuple)):
+    raise ConfigError(where, f"must be a list of pp module names such as "
+                      f"['ops_general', 'ops_image'], got {_describe(v)}.")
+  _wrap(where, builder.import_pp_modules, v)
+
+
+# An unknown key this similar to a known one is a typo (`lrr` for `lr`): an
+# error. Anything else (a helper value such as `config.fewshot = ...`, a key
+# of another codebase) is only unread: a warning lists them all.
+TYPO_CUTOFF = 0.75
+
+
 def _check_keys(config, schema: Mapping[str, Check], where: str):
-  """Unknown keys are errors (with the closest known one); None is unset."""
+  """Typos of known keys are errors; other unknown keys a logged warning.
+
+  Only the top-level and `config.input` schemas tolerate unread keys (as
+  big_vision does); in the small nested ones (mixup, ...) any unknown key is
+  an error. Returns the unknown (unread) keys. None values are unset.
+  """
+  import difflib  # pylint: disable=g-import-not-at-top
+  lenient = schema is TOP_LEVEL or schema is INPUT_KEYS
+  unread = []
   for key in config.keys():
     if key not in schema:
-      raise ConfigError(where, str(utils.unknown_name_error(
-          "config key", key, schema, where=f"{where}.{key}")))
+      if not lenient or difflib.get_close_matches(
+          str(key), list(schema), n=1, cutoff=TYPO_CUTOFF):
+        raise ConfigError(where, str(utils.unknown_name_error(
+            "config key", key, schema, where=f"{where}.{key}")))
+      unread.append(key)
+      continue
     if config[key] is not None:
       schema[key](config[key], f"{where}.{key}")
+  if unread:
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    logging.warning(
+        "%s: keys nothing reads (ignored; not close to any known key): %s. "
+        "Known keys: %s.", where, ", ".join(f"{where}.{k}" for k in unread),
+        ", ".join(sorted(schema)))
+  return unread
 
 
 # ----------------------------------------------------------------------------

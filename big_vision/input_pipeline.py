@@ -107,7 +107,10 @@ def training(input_config, *, seed: int = 0, start_step: int = 0,
       datasets.get: name, split, data_dir, ...), `batch_size` (GLOBAL),
       `pp` (pp string or callable), optional `shuffle_buffer_size` (50_000;
       0 disables), `cache_raw` (False: cache this process's raw examples in
-      memory), `prefetch` (2 batches).
+      memory), `cache` (False: cache this process's preprocessed examples
+      in memory, as big_vision's `cache`: each example is preprocessed once,
+      with its first-epoch `_seed`, so random augmentations are frozen; later
+      epochs reshuffle the cached examples), `prefetch` (2 batches).
     seed: the run's seed; fixes the shuffle and `_seed` of every example.
     start_step: number of batches already consumed (resume).
     process_index, process_count: default to jax's.
@@ -160,7 +163,25 @@ def training(input_config, *, seed: int = 0, start_step: int = 0,
   skip_corrupt = bool(_get(input_config, "skip_corrupt", False))
   max_consecutive = int(_get(input_config, "max_consecutive_corrupt", None)
                         or MAX_CONSECUTIVE_CORRUPT)
-  if skip_corrupt:
+  cache_final = bool(_get(input_config, "cache", False))
+  if cache_final and skip_corrupt:
+    raise ValueError("config.input.cache and config.input.skip_corrupt "
+                     "cannot be combined; use cache_raw instead of cache.")
+  if cache_final:
+    final = tf.data.Dataset.zip(tf.data.Dataset.range(n_local), raw).map(
+        add_seed).map(pp_fn, num_parallel_calls=tf.data.AUTOTUNE,
+                      deterministic=True).cache()
+
+    def final_epoch(e):
+      if buffer_size > 1:
+        return final.shuffle(min(buffer_size, n_local), seed=seed_base + e,
+                             reshuffle_each_iteration=False)
+      return final
+
+    first_epoch, offset = divmod(start, n_local)
+    ds = tf.data.Dataset.counter(first_epoch).flat_map(final_epoch)
+    ds = ds.skip(offset).batch(local_bs, drop_remainder=True)
+  elif skip_corrupt:
     ds = _pp_batches_skipping_corrupt(ds, pp_fn, local_bs, start)
   else:
     ds = ds.map(pp_fn, num_parallel_calls=tf.data.AUTOTUNE,

@@ -5,17 +5,100 @@
 a bare name sets a bool default to True; `key=value` is converted to the type
 of the default; a string value may contain commas ("randaug=2,10,mixup=0.2").
 Unknown keys are an error naming the valid ones.
+
+big_vision's forms work too: a spec value may be a `(default, convert_fn)`
+pair; a lone value without "=" that is no arg name is the value of the FIRST
+spec entry (`vit.py:B/16`); `lazy=True` keeps unknown args, typed by
+`autotype`. `arg(**kw)` / `pack_arg(**kw)` build such strings (for sweeps),
+and `format_str("resize({res})", config)` builds a string that follows later
+edits of config fields.
 """
 import difflib
+import string
 
 import ml_collections
 
 
+def get_type_with_default(v):
+  """(default, convert_fn) of one spec entry; bools parse strictly."""
+  if isinstance(v, bool):
+    def strict_bool(x):
+      if str(x).lower() not in ("true", "false", "1", "0", ""):
+        raise ValueError(f"{x!r} is not a boolean (true/false).")
+      return str(x).lower() in ("true", "1")
+    return v, strict_bool
+  if isinstance(v, (tuple, list)):
+    if len(v) != 2 or not callable(v[1]):
+      raise ValueError(f"A spec pair must be (default, convert_fn), got {v!r}.")
+    return v[0], v[1]
+  return v, type(v)
+
+
+def autotype(x: str):
+  """'true' -> True, '3' -> 3, '0.5' -> 0.5, anything else stays a str."""
+  if x.lower() in ("true", "false"):
+    return x.lower() == "true"
+  for convert in (int, float):
+    try:
+      return convert(x)
+    except ValueError:
+      pass
+  return x
+
+
+def pack_arg(**kw) -> str:
+  """{a: 1, b: 'x'} -> 'a=1,b=x' (the inverse of parse_arg)."""
+  for k, v in kw.items():
+    if "," in f"{v}":
+      raise ValueError(f"pack_arg: value of {k!r} contains ',': {v!r}.")
+  return ",".join(f"{k}={v}" for k, v in kw.items())
+
+
+def arg(**kw) -> dict:
+  """big_vision's sweep helper: {"config_arg": "a=1,b=x", "a": 1, "b": "x"}."""
+  return {"config_arg": pack_arg(**kw), **kw}
+
+
+def format_str(format_string: str, config):
+  """A string built from config fields that follows later edits of them.
+
+    config.res = 224
+    config.pp = format_str("resize({res})|central_crop({res})", config)
+    config.res = 384   # config.pp is now "resize(384)|central_crop(384)"
+
+  Fields may be dotted ("{input.res}"). Returns an ml_collections
+  FieldReference (reading config.pp gives the current string). Only plain
+  "{name}" fields, no format specs.
+  """
+  out = ml_collections.FieldReference("")
+  for literal, field, spec, conversion in string.Formatter().parse(
+      format_string):
+    if spec or conversion:
+      raise ValueError(f"format_str: only plain {{name}} fields, got "
+                       f"{{{field}...}} in {format_string!r}.")
+    if literal:
+      out = out + literal
+    if field:
+      node = config
+      *parents, leaf = field.split(".")
+      for part in parents:
+        node = getattr(node, part)
+      out = out + node.get_ref(leaf).to_str()
+  return out
+
+
 def parse_arg(arg, lazy=False, **spec):
   """Parses 'a=1,b,c=x' against defaults in `spec` (types follow defaults)."""
+  converters = {k: get_type_with_default(v)[1] for k, v in spec.items()}
+  spec = {k: get_type_with_default(v)[0] for k, v in spec.items()}
   config = ml_collections.ConfigDict(spec)
   if not arg:
     return config
+  arg = str(arg)
+  if ("," not in arg and "=" not in arg and arg not in spec and spec
+      and not difflib.get_close_matches(arg, list(spec), n=1)):
+    # big_vision: a lone value is the value of the first spec entry.
+    arg = f"{next(iter(spec))}={arg}"
   items = []
   for item in str(arg).split(","):
     item = item.strip()
@@ -33,7 +116,7 @@ def parse_arg(arg, lazy=False, **spec):
     key, eq, value = item.partition("=")
     if key not in spec:
       if lazy:
-        config[key] = value if eq else True
+        config[key] = autotype(value) if eq else True
         continue
       close = difflib.get_close_matches(key, list(spec), n=1)
       hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -44,6 +127,9 @@ def parse_arg(arg, lazy=False, **spec):
       if not isinstance(default, bool):
         raise ValueError(f"Config arg {key!r} needs a value ({key}=...).")
       config[key] = True
+    elif converters[key] not in (bool, int, float, str, type(None)) and not (
+        isinstance(default, bool)):
+      config[key] = converters[key](value)  # A (default, convert_fn) pair.
     elif isinstance(default, bool):
       if value.lower() not in ("true", "false", "1", "0"):
         raise ValueError(f"Config arg {key}={value!r} must be true or false.")

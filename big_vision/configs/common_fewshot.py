@@ -24,30 +24,52 @@ PP = ("decode|resize(256)|central_crop(224)|value_range(-1, 1)"
       "|keep('image', 'label')")
 
 
-def get_fewshot_lsr(runlocal=False, imagenet=False, log_steps=5000,
-                    res=None, representation_layer="pre_logits"):
+def get_fewshot_lsr(target_resolution=None, resize_resolution=None,
+                    runlocal=False, pp=None, *, imagenet=False,
+                    log_steps=None, res=None,
+                    representation_layer="pre_logits", **kw):
   """Few-shot evaluator config; `runlocal` probes the embedded digits.
 
-  `res`: input resolution (default 224, or 16 for the digits).
+  Takes big_vision's arguments with their meaning: `target_resolution`
+  (central crop, default 224; also `res`), `resize_resolution` (resize
+  before the crop, default 8/7 of it: 256 for 224), `pp` (replaces the
+  decode/resize/crop/value_range part; `|keep("image", "label")` is
+  appended), and evaluator keys in `**kw`: shots, l2_reg, num_seeds (seeds
+  0 .. n-1) or seeds, prefix, log_percent / log_epochs / log_examples,
+  batch_size, datasets, display_first (accepted, not used: every result is
+  written). `runlocal=True` here means the embedded digits (no download).
   """
+  kw.pop("display_first", None)
+  if "num_seeds" in kw:
+    kw["seeds"] = tuple(range(int(kw.pop("num_seeds"))))
+  if log_steps is None and not any(
+      f"log_{x}" in kw for x in ("percent", "epochs", "examples")):
+    log_steps = 5000
+  if log_steps is not None:
+    kw["log_steps"] = log_steps
+  res = target_resolution or res
   if runlocal:
     res = res or 16  # As configs/common.py's digits eval: centre of 5/4 res.
-    pp = (f"decode|resize({res * 5 // 4})|central_crop({res})"
-          "|value_range(-1, 1)|keep('image', 'label')")
+    resize = resize_resolution or res * 5 // 4
+    base = pp or (f"decode|resize({resize})|central_crop({res})"
+                  "|value_range(-1, 1)")
+    pp = f"{base}|keep('image', 'label')"
     return ml_collections.ConfigDict(dict(
-        type="fewshot_lsr", log_steps=log_steps,
-        datasets={"digits": ("digits", "train", "test")},
-        pp_train=pp, pp_eval=pp, shots=(1, 5, 10), l2_reg=2.0 ** 10,
-        seeds=(0, 1, 2), representation_layer=representation_layer,
-        batch_size=64))
+        dict(type="fewshot_lsr",
+             datasets={"digits": ("digits", "train", "test")},
+             pp_train=pp, pp_eval=pp, shots=(1, 5, 10), l2_reg=2.0 ** 10,
+             seeds=(0, 1, 2), representation_layer=representation_layer,
+             batch_size=64), **kw))
   datasets = dict(DATASETS)
   if imagenet:
     datasets = {"imagenet": IMAGENET, **datasets}
   res = res or 224
-  pp = PP.replace("resize(256)", f"resize({res * 8 // 7})").replace(
-      "central_crop(224)", f"central_crop({res})")
+  resize = resize_resolution or res * 8 // 7
+  base = pp or (f"decode|resize({resize})|central_crop({res})"
+                "|value_range(-1, 1)")
+  pp = f"{base}|keep('image', 'label')"
   return ml_collections.ConfigDict(dict(
-      type="fewshot_lsr", log_steps=log_steps, datasets=datasets,
-      pp_train=pp, pp_eval=pp, shots=(1, 5, 10, 25), l2_reg=2.0 ** 10,
-      seeds=(0, 1, 2), representation_layer=representation_layer,
-      batch_size=512))
+      dict(type="fewshot_lsr", datasets=datasets,
+           pp_train=pp, pp_eval=pp, shots=(1, 5, 10, 25), l2_reg=2.0 ** 10,
+           seeds=(0, 1, 2), representation_layer=representation_layer,
+           batch_size=512), **kw))

@@ -84,6 +84,36 @@ def get_preprocess_fn(pp_str: str, log_data: bool = False) -> PreprocessFn:
   return _preprocess
 
 
+def pp_module_names() -> list[str]:
+  """Modules under big_vision.pp that may hold ops ("ops_image", "proj.x")."""
+  import pkgutil  # pylint: disable=g-import-not-at-top
+  from big_vision import pp  # pylint: disable=g-import-not-at-top
+  return sorted(m.name[len("big_vision.pp."):] for m in pkgutil.walk_packages(
+      pp.__path__, "big_vision.pp.") if not m.ispkg)
+
+
+def import_pp_modules(names) -> None:
+  """big_vision's `config.pp_modules`: imports big_vision.pp.<name> for each.
+
+  Importing a module registers its ops. The default modules (ops_general,
+  ops_image, ops_text, ...) are always imported here, so listing them is
+  harmless; a name that is not a module under big_vision/pp is a ValueError
+  listing the valid ones. Call before building pp functions.
+  """
+  if names is None:
+    return
+  if isinstance(names, str):
+    names = [names]
+  valid = pp_module_names()
+  for name in names:
+    if name not in valid:
+      close = difflib.get_close_matches(str(name), valid, n=1)
+      hint = f" Did you mean {close[0]!r}?" if close else ""
+      raise ValueError(f"Unknown pp module {name!r} in pp_modules.{hint} "
+                       f"Valid: {', '.join(valid)}.")
+    importlib.import_module(f"big_vision.pp.{name}")
+
+
 def available_ops() -> list[str]:
   """Names of all registered pp ops, as written in pp strings."""
   return [n[len(PREFIX) + 1:] for n in registry.Registry.names(PREFIX + ".")]
