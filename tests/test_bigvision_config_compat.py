@@ -247,3 +247,40 @@ def test_ckpt_timeout(tmp_path, monkeypatch):
   assert ckpt.all_steps() == [1, 2]
   np.testing.assert_array_equal(
       checkpoint.load_params(str(tmp_path))["w"], np.arange(4))
+
+
+def test_image_text_helpers_take_big_vision_arguments():
+  from big_vision.configs.proj.image_text import common as it_common  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  pp_txt = "lower(key='texts', key_result='labels')"
+  disclf = it_common.get_disclf(
+      224, pp_txt=pp_txt, dataset_names=("imagenet2012", "cifar100"),
+      log_percent=0.5, cache_final=True)
+  assert disclf.type == "zeroshot" and disclf.prefix == "z/0shot/"
+  assert disclf.pp_img == "decode|resize(256)|central_crop(224)|value_range(-1, 1)"
+  assert disclf.datasets.cifar100.data.to_dict() == dict(name="cifar100",
+                                                         split="test")
+  assert disclf.datasets.imagenet2012.class_names == "imagenet2012"
+  _, kwargs = eval_common.check_config(disclf, "config.evals.z")
+  assert kwargs["pp_txt"] == pp_txt
+  coco = it_common.get_coco(pp_img="resize(32)|value_range(-1, 1)",
+                            pp_txt=pp_txt, log_steps=100)
+  assert coco.type == "retrieval" and coco.prefix == "z/retr/coco_"
+  eval_common.check_config(coco, "config.evals.coco")
+  buf = io.BytesIO()
+  Image.fromarray(np.full((40, 30, 3), 255, np.uint8)).save(buf, "JPEG")
+  captions = [f"A Cat {i}." for i in range(6)]
+  tf.random.set_seed(0)
+  out = builder.get_preprocess_fn(coco.pp_fn)(
+      {"image": tf.constant(buf.getvalue()),
+       "captions": {"id": tf.range(6), "text": tf.constant(captions)}})
+  assert set(out) == {"image", "labels"}
+  assert out["image"].shape == (32, 32, 3)
+  np.testing.assert_allclose(out["image"].numpy(), 1.0, atol=0.02)
+  texts = [t.decode() for t in out["labels"].numpy()]
+  assert len(set(texts)) == 5 and set(texts) <= {c.lower() for c in captions}
+  with pytest.raises(ValueError, match="pass pp_txt"):
+    it_common.get_coco()
+  with pytest.raises(ValueError, match="unknown datasets.*imagenet_v2"):
+    it_common.get_disclf(224, pp_txt=pp_txt, dataset_names=("imagenet_a",))

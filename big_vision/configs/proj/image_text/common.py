@@ -85,3 +85,76 @@ def runlocal_shrink(config, steps: int = 4, batch_size: int = 16,
   else:
     config.model.out_dim = 32
   return config
+
+
+# ----------------------------------------------------------------------------
+# big_vision's image-text eval helpers, with its arguments, for this
+# project's evaluators (`zeroshot`, `retrieval`).
+# ----------------------------------------------------------------------------
+def _square875(sz):
+  """big_vision's eval crop: resize to sz / 0.875, central crop sz."""
+  return f"resize({int(sz / 0.875)})|central_crop({sz})|value_range(-1, 1)"
+
+
+def _need_pp_txt(pp_txt, helper):
+  if not pp_txt:
+    raise ValueError(
+        f"{helper}: pass pp_txt, the tokenize op of your text tower, e.g. "
+        "pp_txt=\"tokenize(16, model='/path/c4_en.model', inkey='texts', "
+        "eos='sticky', pad_value=1)\" (this project names the sentencepiece "
+        "model in the op).")
+  return pp_txt
+
+
+# big_vision dataset name -> (TFDS data, class names, prompt set) of the
+# zeroshot evaluator ("clip" class names = this project's i1k names).
+DISCLF_DATASETS = {
+    "imagenet2012": (dict(name="imagenet2012", split="validation"),
+                     "imagenet2012", "photos"),
+    "imagenet2012_minival": (dict(name="imagenet2012", split="train[99%:]"),
+                             "imagenet2012", "photos"),
+    "imagenet_v2": (dict(name="imagenet_v2", split="test"), "imagenet2012",
+                    "photos"),
+    "cifar10": (dict(name="cifar10", split="test"), "cifar10", "photos"),
+    "cifar100": (dict(name="cifar100", split="test"), "cifar100", "photos"),
+    "oxford_iiit_pet": (dict(name="oxford_iiit_pet", split="test"),
+                        "oxford_iiit_pet", "pets"),
+}
+
+
+def get_disclf(sz, *, pp_txt=None, dataset_names=("imagenet2012",), **kw):
+  """big_vision's zero-shot classification block ("discriminative
+  classifier") for `dataset_names`, at image size `sz` (resize sz/0.875,
+  central crop): a `zeroshot` evaluator here. `**kw` are evaluator keys
+  (log_steps, log_percent, batch_size, prefix; default prefix "z/0shot/").
+  """
+  unknown = [n for n in dataset_names if n not in DISCLF_DATASETS]
+  if unknown:
+    raise ValueError(f"get_disclf: unknown datasets {unknown}; valid: "
+                     f"{', '.join(DISCLF_DATASETS)}.")
+  kw.pop("cache_final", None)  # big_vision's; the evaluator caches anyway.
+  datasets = {}
+  for name in dataset_names:
+    data, class_names, prompts = DISCLF_DATASETS[name]
+    datasets[name] = dict(data=dict(data), class_names=class_names,
+                          prompts=prompts)
+  return ml_collections.ConfigDict(dict(
+      dict(type="zeroshot", prefix="z/0shot/",
+           pp_img=f"decode|{_square875(sz)}",
+           pp_txt=_need_pp_txt(pp_txt, "get_disclf"), datasets=datasets),
+      **kw))
+
+
+def get_coco(*, pp_img="resize(224)|value_range(-1, 1)", pp_txt=None,
+             prefix="z/retr/coco_", **kw):
+  """big_vision's COCO-captions retrieval block: a `retrieval` evaluator on
+  coco_captions "val", `pp_img` on the image (decoded first), `pp_txt`
+  tokenizing "texts" (five captions an image) into "labels"."""
+  pp_txt = _need_pp_txt(pp_txt, "get_coco")
+  return ml_collections.ConfigDict(dict(
+      dict(type="retrieval", prefix=prefix,
+           data=dict(name="coco_captions", split="val"),
+           pp_fn=(f"decode|{pp_img}|coco_captions(outkey='texts')"
+                  f"|choice(n=5, key='texts')|{pp_txt}"
+                  "|keep('image', 'labels')")),
+      **kw))
