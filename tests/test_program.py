@@ -281,3 +281,21 @@ def test_bench_bad_config_is_one_error_line():
   assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
   assert "Did you mean 'vit'" in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+def test_bench_counts_a_frozen_tower_forward_only():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      "bench_tool", os.path.join(REPO, "tools", "bench.py"))
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  config = test_train.load_config(
+      os.path.join(CONFIGS, "bench", "siglip_b16.py"), "freeze=img")
+  prog = program.build(config)
+  model, shape = prog.model, prog.input_specs["image"][0][1:]
+  full = bench.two_towers_train_flops(model, shape, 64, 256)
+  lit = bench.two_towers_train_flops(model, shape, 64, 256, frozen={"img"})
+  embed, rest = bench._vit_tower_flops(model.img, shape)  # pylint: disable=protected-access
+  assert full - lit == pytest.approx(embed + 2 * rest)  # The img backward.
+  assert not any(jax.tree.leaves(prog.trainable["img"]))
+  assert all(jax.tree.leaves(prog.trainable["txt"]))

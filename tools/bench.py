@@ -146,10 +146,12 @@ def _text_tower_flops(model, text_len) -> float:
   return float(rest)
 
 
-def two_towers_train_flops(model, image_shape, text_len, batch_size
-                           ) -> float | None:
+def two_towers_train_flops(model, image_shape, text_len, batch_size,
+                           frozen=()) -> float | None:
   """Train-step FLOPs per example of a ViT + text transformer model,
-  including the B x B similarity matrix of the contrastive loss."""
+  including the B x B similarity matrix of the contrastive loss. A tower in
+  `frozen` ("img", "txt"; schedule None) costs its forward pass only: the
+  step does not differentiate it (LiT)."""
   img = getattr(model, "img", None)
   txt = getattr(model, "txt", None)
   if not (hasattr(img, "patch_size") and hasattr(txt, "vocab_size")):
@@ -161,10 +163,12 @@ def two_towers_train_flops(model, image_shape, text_len, batch_size
   text = _text_tower_flops(txt, text_len)
   dim = img.num_classes or img.width
   logits = 2 * batch_size * dim  # Per example: one row of the B x B matrix.
-  return 2 * embed + 3 * (rest + text + logits)
+  img_cost = (embed + rest) if "img" in frozen else (2 * embed + 3 * rest)
+  txt_cost = text if "txt" in frozen else 3 * text
+  return img_cost + txt_cost + 3 * logits
 
 
-def analytic_train_flops(config, model, batch_specs, batch_size):
+def analytic_train_flops(config, model, batch_specs, batch_size, frozen=()):
   """(FLOPs of one train step, description) or (None, reason)."""
   image_shape = batch_specs["image"][0][1:] if "image" in batch_specs else None
   name = config.model_name
@@ -174,10 +178,13 @@ def analytic_train_flops(config, model, batch_specs, batch_size):
   elif name == "two_towers" and image_shape and "labels" in batch_specs:
     text_len = batch_specs["labels"][0][1]
     per_example = two_towers_train_flops(model, image_shape, text_len,
-                                         batch_size)
+                                         batch_size, frozen=frozen)
   if per_example is None:
     return None, f"no analytic count for model_name={name!r}"
-  return per_example * batch_size, "analytic matmul count: forward + 2x backward"
+  what = "analytic matmul count: forward + 2x backward"
+  if frozen:
+    what += f" (frozen {', '.join(sorted(frozen))}: forward only)"
+  return per_example * batch_size, what
 
 
 def xla_flops(compiled) -> float | None:
@@ -264,8 +271,10 @@ def measure_jax(config, steps: int, warmup: int) -> dict:
 
   devices = list(mesh.devices.flat)
   mem_bytes, mem_source = peak_memory(compiled, devices)
+  frozen = {t for t, tree in dict(prog.trainable).items()
+            if t in ("img", "txt") and not any(jax.tree.leaves(tree))}
   flops, flops_source = analytic_train_flops(config, model, batch_specs,
-                                             batch_size)
+                                             batch_size, frozen=frozen)
   xla = xla_flops(compiled)
   if flops is None and xla is not None:
     # XLA reports the per-device SPMD program.

@@ -18,7 +18,8 @@ images/second (image-text pairs per second) and MFU. There is no timm peer
 for two-tower models. H100 numbers owed where not yet measured.
 
 Args: batch_size (256), steps (500), res (224), text_len (64), dtype_mm
-("bfloat16"|"float32"), scan, remat, attn_impl; runlocal (4 steps of tiny
+("bfloat16"|"float32"), scan, remat, attn_impl, freeze ("img": LiT's locked
+image tower, which the step does not differentiate; "txt"); runlocal (4 steps of tiny
 towers on the embedded shapes captions with the image-text evals, for
 tests/test_train.py); runlocal_synthetic (3 steps of tiny towers on
 synthetic data, no evaluator: runs without tensorflow).
@@ -33,7 +34,7 @@ def get_config(arg=None):
   arg = common.parse_arg(
       arg, runlocal=False, runlocal_synthetic=False, batch_size=256,
       steps=500, res=224, text_len=64, dtype_mm="bfloat16", scan=False,
-      remat="none", attn_impl="auto")
+      remat="none", attn_impl="auto", freeze="")
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.total_steps = arg.steps
@@ -62,15 +63,21 @@ def get_config(arg=None):
   config.optax = dict(b1=0.9, b2=0.95)
   config.lr = 1e-3
   config.wd = 1e-4
-  config.schedule = dict(warmup_steps=min(100, max(1, arg.steps // 10)),
-                         decay_type="cosine")
+  schedule = dict(warmup_steps=min(100, max(1, arg.steps // 10)),
+                  decay_type="cosine")
+  if arg.runlocal or arg.runlocal_synthetic:
+    schedule = dict(warmup_steps=1, decay_type="cosine")
   config.grad_clip_norm = 1.0
+  if arg.freeze:  # "img": LiT's locked image tower; "txt": the converse.
+    if arg.freeze not in ("img", "txt"):
+      raise ValueError(f"freeze={arg.freeze!r}; valid: img, txt.")
+    schedule = [(f"{arg.freeze}/.*", None), (".*", schedule)]
+  config.schedule = schedule
 
   config.log_training_steps = 50
   config.evals = ml_collections.ConfigDict()
 
   if tiny:
-    config.schedule = dict(warmup_steps=1, decay_type="cosine")
     config.log_training_steps = 1
   if arg.runlocal:
     # The embedded shapes captions (32px images, 12 tokens of a 128-piece
