@@ -455,12 +455,18 @@ def _check_model_init(config):
   init = config.get("model_init")
   if not init:
     return
+  from big_vision.models import common  # pylint: disable=g-import-not-at-top
+  family = config.get("model_name")
+
+  def check(path, where):  # Short names resolved, ":img" sub-models split.
+    path, _ = common.checkpoint_location(path, config.get("model"), family)
+    _check_readable_params(path, where)
   if isinstance(init, str):
-    _check_readable_params(init, "config.model_init")
+    check(init, "config.model_init")
     return
   for key, path in init.items():
     if path:
-      _check_readable_params(path, f"config.model_init.{key}")
+      check(path, f"config.model_init.{key}")
 
 
 def _check_workdir(workdir: str, state_shape):

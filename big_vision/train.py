@@ -94,7 +94,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   total_steps = prog.total_steps
   steps_per_epoch = prog.steps_per_epoch
   ckpt = checkpoint.Checkpointer(
-      workdir, keep_every=config.get("keep_ckpt_steps"))
+      workdir, keep_every=config.get("keep_ckpt_steps"),
+      timeout_s=config.get("ckpt_timeout"))
   first_step = ckpt.latest_step() or 0
   batches = program.train_batches(config, mesh, first_step)
   logging.info("Model %s: %s parameters.", config.model_name,

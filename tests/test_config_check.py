@@ -126,7 +126,7 @@ BAD_INPUTS = [
     ("input_key_typo", _set(input__batchsize=16),
      ["config.input.batchsize", "Did you mean 'batch_size'"]),
     ("mixup_key_typo", _set(mixup=dict(prob=0.2)),
-     ["config.mixup.prob", "Valid choices: p"]),
+     ["config.mixup.prob", "Valid choices: cutmix_alpha, p, switch_prob"]),
     ("lr_type", _set(lr="fast"), ["config.lr", "must be a finite number",
                                   "'fast'"]),
     ("steps_zero", _set(total_steps=0), ["config.total_steps", ">= 1"]),
@@ -294,3 +294,18 @@ def test_cli_prints_one_error_line_and_exits_2(tmp_path):
     assert "Traceback" not in err, err[-3000:]
     for w in words:
       assert w in errors[0], errors[0]
+
+
+def test_model_init_short_names_and_sub_models_pass_the_probe(tmp_path):
+  """Released short names resolve to their URL (probed when read), and
+  "file.npz:img" probes file.npz; a missing file is still named."""
+  npz = tmp_path / "two.npz"
+  np.savez(npz, **{"img/head/kernel": np.zeros((2, 2))})
+  for init in ("howto-i21k-B/32", f"{npz}:img"):
+    config = tiny_config()
+    config.model_init = init
+    config_check._check_model_init(config)  # pylint: disable=protected-access
+  config = tiny_config()
+  config.model_init = str(tmp_path / "nope.npz") + ":img"
+  with pytest.raises(config_check.ConfigError, match="nope.npz"):
+    config_check._check_model_init(config)  # pylint: disable=protected-access

@@ -382,6 +382,19 @@ def unwrap_checkpoint(tree: Mapping) -> dict:
   return tree
 
 
+def checkpoint_location(init_file: str, model_cfg: Mapping | None = None,
+                        family: str | None = None) -> tuple[str, str | None]:
+  """(file or URL, sub-model key or None) that `init_file` names: a short
+  name resolved (`resolve_init`), "file.npz:img" split. Reads nothing (the
+  config check uses it to probe the file before any work)."""
+  import os  # pylint: disable=g-import-not-at-top
+  path = resolve_init(init_file, model_cfg, family)
+  m = re.fullmatch(r"(.*\.npz):([\w/]+)", path)
+  if m and not os.path.exists(path):
+    return m.group(1), m.group(2)
+  return path, None
+
+
 def read_checkpoint(init_file, model_cfg: Mapping | None = None,
                     family: str | None = None) -> dict:
   """Checkpoint params for a model's `load`, from a path, name or tree.
@@ -398,11 +411,7 @@ def read_checkpoint(init_file, model_cfg: Mapping | None = None,
   import os  # pylint: disable=g-import-not-at-top
   from big_vision import checkpoint  # pylint: disable=g-import-not-at-top
   name = os.fspath(init_file)
-  path = resolve_init(name, model_cfg, family)
-  subkey = None
-  m = re.fullmatch(r"(.*\.npz):([\w/]+)", path)
-  if m and not os.path.exists(path):
-    path, subkey = m.groups()
+  path, subkey = checkpoint_location(name, model_cfg, family)
   try:
     tree = checkpoint.load_params(path)
   except Exception as e:  # pylint: disable=broad-except
