@@ -36,6 +36,7 @@ import optax
 from big_vision import models
 from big_vision import objectives
 from big_vision import optax as bv_optax
+from big_vision import sam
 from big_vision import sharding
 from big_vision import utils
 
@@ -312,6 +313,8 @@ def build(config, *, mesh=None, data: tuple[int, dict] | None = None,
     module, model = create_model(config)
   with stage("config.loss"):
     objective = objectives.make(config, model, mesh)
+  with stage("config.sam / config.gsam"):
+    sam.check_config(config)
   if data is None:
     with stage("config.input"):
       data = data_specs(config)
@@ -414,11 +417,17 @@ def make_update_fn(config, objective: objectives.Objective, tx, mesh,
   Batch-level augmentation (`objective.prepare`, e.g. mixup) is drawn once
   on the global batch, before the `accum_steps` micro-batch split, so
   accumulation gives the same update as the large batch.
+
+  `config.sam` / `config.gsam` (big_vision/sam.py) replace the gradient by
+  the sharpness-aware one: a second forward/backward pass of the same
+  (accumulated) batch at perturbed trainable params, the perturbation from
+  the whole batch's gradient, so accumulation still equals the large batch.
   """
   accum_steps = int(config.get("accum_steps") or 1)
   ema_decay = config.get("ema_decay")
   base_rng = jax.random.PRNGKey(config.get("seed", 0))
   batch_spec = P(sharding.data_axes(mesh))
+  sharpness = sam.from_config(config)  # None unless config.sam / config.gsam.
 
   def split_trainable(params):
     leaves, treedef = jax.tree.flatten(params)
@@ -439,30 +448,38 @@ def make_update_fn(config, objective: objectives.Objective, tx, mesh,
                     for l, m in zip(leaves, mask)])
     return train, merge, full_grads
 
-  def grads_of(params, batch, rng):
+  def grads_of(params, batch, rng, lr=None):
     train, merge, full_grads = split_trainable(params)
     loss_fn = lambda t, b, r: objective.loss(merge(t), b, r)
     if accum_steps == 1:
-      loss, g = jax.value_and_grad(loss_fn)(train, batch, rng)
-      return loss, g, full_grads
-    # Micro-batch j takes examples j, j+k, j+2k, ...: every device keeps an
-    # equal share of each micro-batch, so no data moves between devices.
-    def split(x):
-      x = x.reshape((x.shape[0] // accum_steps, accum_steps) + x.shape[1:])
-      x = jnp.swapaxes(x, 0, 1)
-      return jax.lax.with_sharding_constraint(
-          x, NamedSharding(mesh, P(None, *batch_spec)))
-    micro = jax.tree.map(split, batch)
+      value_and_grad = lambda t: jax.value_and_grad(loss_fn)(t, batch, rng)
+    else:
+      # Micro-batch j takes examples j, j+k, j+2k, ...: every device keeps an
+      # equal share of each micro-batch, so no data moves between devices.
+      def split(x):
+        x = x.reshape((x.shape[0] // accum_steps, accum_steps) + x.shape[1:])
+        x = jnp.swapaxes(x, 0, 1)
+        return jax.lax.with_sharding_constraint(
+            x, NamedSharding(mesh, P(None, *batch_spec)))
+      micro = jax.tree.map(split, batch)
 
-    def body(carry, xs):
-      mb, i = xs
-      loss, g = jax.value_and_grad(loss_fn)(train, mb,
-                                            jax.random.fold_in(rng, i))
-      return jax.tree.map(jnp.add, carry, (loss, g)), None
-    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, train))
-    (loss, g), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum_steps)))
-    loss, g = jax.tree.map(lambda x: x / accum_steps, (loss, g))
-    return loss, g, full_grads
+      def value_and_grad(t):
+        def body(carry, xs):
+          mb, i = xs
+          loss, g = jax.value_and_grad(loss_fn)(t, mb,
+                                                jax.random.fold_in(rng, i))
+          return jax.tree.map(jnp.add, carry, (loss, g)), None
+        zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, t))
+        (loss, g), _ = jax.lax.scan(body, zeros,
+                                    (micro, jnp.arange(accum_steps)))
+        return jax.tree.map(lambda x: x / accum_steps, (loss, g))
+    if sharpness is None:
+      loss, g = value_and_grad(train)
+      return loss, g, full_grads, {}
+    # SAM / GSAM (big_vision/sam.py): a second pass at perturbed trainable
+    # params, the perturbation from the whole (accumulated) batch gradient.
+    loss, g, aux = sharpness(value_and_grad, train, lr)
+    return loss, g, full_grads, aux
 
   def update(state, batch):
     # Inside the traced function: jax's trace cache ignores flax's rules.
@@ -476,7 +493,9 @@ def make_update_fn(config, objective: objectives.Objective, tx, mesh,
     if objective.prepare is not None:
       batch = objective.prepare(batch, rng_batch)
     params = state["params"]
-    loss, train_grads, full_grads = grads_of(params, batch, rng_loss)
+    lrs = learning_rates(config, schedules, step)
+    loss, train_grads, full_grads, aux = grads_of(params, batch, rng_loss,
+                                                  lrs.get("lr"))
     grads = full_grads(train_grads)
     updates, opt = tx.update(grads, state["opt"], params)
     new_params = optax.apply_updates(params, updates)
@@ -491,7 +510,7 @@ def make_update_fn(config, objective: objectives.Objective, tx, mesh,
             "l2_grads": optax.global_norm(train_grads),
             "l2_params": optax.global_norm(train_now),
             "l2_updates": optax.global_norm(train_upd),
-            **learning_rates(config, schedules, step)}
+            **lrs, **aux}
     return new_state, info
 
   batch_sharding = NamedSharding(mesh, batch_spec)
