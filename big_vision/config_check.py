@@ -217,6 +217,14 @@ TOP_LEVEL: dict[str, Check] = {
     # asynchronous save (checkpoint.Checkpointer(timeout_s=...)).
     "pp_modules": _optional(lambda v, where: _pp_modules(v, where)),
     "ckpt_timeout": _optional(_number(0, lo_open=True)),
+    # Sharpness-aware gradients (big_vision/sam.py); keys checked there.
+    "sam": _optional(_mapping),
+    "gsam": _optional(_mapping),
+    # config.loss="distill": teacher/temperature/label_weight, checked by
+    # objectives.distill_objective.
+    "distill": _optional(_mapping),
+    # FlexiViT: the patch sizes drawn per step (objectives.flexi_patch_sizes).
+    "flexivit": _optional(_mapping),
 }
 
 # Keys of config.input (data/pp/batching; see input_pipeline.training).
