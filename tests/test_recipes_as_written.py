@@ -116,6 +116,10 @@ CASES = [
                      "BoT-S1-50 at 224px -> one conv unit + one BoT unit "
                      "(its :digits size), same attention code"),),
          metrics=("val/prec@1",)),
+    Case("proj/gsam/vit_i1k_gsam.py", overrides=(_VIT_MU16,),
+         metrics=("minival/prec@1", "val/prec@1")),
+    Case("proj/gsam/vit_i1k_gsam.py", "sam", overrides=(_VIT_MU16,),
+         metrics=("val/prec@1",)),
     Case("bit_i21k.py", overrides=(_BIT_TINY, _I21K_VAL, _I21K_TRAIN),
          metrics=("val/prec@1",)),
     # The default: a released AugReg B/16 from gs:// at 384px.
