@@ -125,18 +125,23 @@ _ACT = ("act_batch", "act_len", "act_emb")
 # ----------------------------------------------------------------------------
 # Attention implementations: (q, k, v) [batch, len, heads, head_dim] -> same.
 # ----------------------------------------------------------------------------
-def _attention_einsum(q, k, v):
-  """Plain einsums; logits and softmax in float32 whatever the input dtype."""
+def _attention_einsum(q, k, v, mask=None):
+  """Plain einsums; logits and softmax in float32 whatever the input dtype.
+  `mask` (optional, bool, broadcastable to [batch, heads, q, k]): False
+  entries get no attention."""
   scale = q.shape[-1] ** -0.5
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k,
                       preferred_element_type=jnp.float32) * scale
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
-def _attention_dpa(q, k, v, implementation=None):
+def _attention_dpa(q, k, v, implementation=None, mask=None):
   """jax.nn.dot_product_attention: fused (flash) kernels where available."""
-  return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+  return jax.nn.dot_product_attention(q, k, v, mask=mask,
+                                      implementation=implementation)
 
 
 ATTENTION_IMPLS: dict[str, Callable[..., Any]] = {
@@ -168,7 +173,9 @@ class MultiHeadDotProductAttention(nn.Module):
   logical_axes: bool = False
 
   @nn.compact
-  def __call__(self, inputs_q, inputs_kv):
+  def __call__(self, inputs_q, inputs_kv, mask=None):
+    """`mask`: None, or bool [batch, kv length]: False keys (padding) get no
+    attention (NaFlex)."""
     width = inputs_q.shape[-1]
     if width % self.num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads "
@@ -185,7 +192,11 @@ class MultiHeadDotProductAttention(nn.Module):
     q = _constrain(dense(name="query")(inputs_q), qkv_names)
     k = _constrain(dense(name="key")(inputs_kv), qkv_names)
     v = _constrain(dense(name="value")(inputs_kv), qkv_names)
-    x = ATTENTION_IMPLS[self.attn_impl](q, k, v)
+    if mask is None:
+      x = ATTENTION_IMPLS[self.attn_impl](q, k, v)
+    else:
+      x = ATTENTION_IMPLS[self.attn_impl](q, k, v,
+                                          mask=mask[:, None, None, :])
     x = _constrain(x, qkv_names)
     return nn.DenseGeneral(
         features=width, axis=(-2, -1),
@@ -251,7 +262,7 @@ class Encoder1DBlock(nn.Module):
   logical_axes: bool = False
 
   @nn.compact
-  def __call__(self, x, droppath_rate=0.0):
+  def __call__(self, x, droppath_rate=0.0, mask=None):
     def residual(x, y):
       y = nn.Dropout(rate=self.dropout)(y, self.deterministic)
       if self.use_droppath:
@@ -262,7 +273,7 @@ class Encoder1DBlock(nn.Module):
     y = _layer_norm(self.logical_axes)(x)
     y = MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype_mm=self.dtype_mm,
-        attn_impl=self.attn_impl, logical_axes=self.logical_axes)(y, y)
+        attn_impl=self.attn_impl, logical_axes=self.logical_axes)(y, y, mask)
     x = residual(x, y)
     y = _layer_norm(self.logical_axes)(x)
     y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout,
@@ -298,7 +309,9 @@ class Encoder(nn.Module):
   logical_axes: bool = False
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, mask=None):
+    """`mask`: None, or bool [batch, length]: False tokens (padding) are
+    never attended to (their own outputs are meaningless)."""
     out = {}
     rates = np.linspace(0.0, self.droppath_rate, self.depth)
     block_kw = dict(
@@ -316,16 +329,16 @@ class Encoder(nn.Module):
       scanned = nn.scan(
           block_cls, variable_axes={"params": 0},
           split_rngs={"params": True, "dropout": True},
-          in_axes=0, length=self.depth,
+          in_axes=(0, nn.broadcast), length=self.depth,
           metadata_params={nn.PARTITION_NAME: "layers"})
       x, per_layer = scanned(name="encoderblock", **block_kw)(
-          x, jnp.asarray(rates, jnp.float32))
+          x, jnp.asarray(rates, jnp.float32), mask)
       for i in range(self.depth):
         out[f"block{i:02d}"] = per_layer[i]
     else:
       for i in range(self.depth):
         x, out[f"block{i:02d}"] = block_cls(
-            name=f"encoderblock_{i}", **block_kw)(x, float(rates[i]))
+            name=f"encoderblock_{i}", **block_kw)(x, float(rates[i]), mask)
     out["pre_ln"] = x
     return _layer_norm(self.logical_axes, name="encoder_norm")(x), out
 
@@ -340,7 +353,8 @@ class MAPHead(nn.Module):
   logical_axes: bool = False
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, mask=None):
+    """`mask`: None, or bool [batch, length]: the probe ignores False tokens."""
     n, _, d = x.shape
     on = self.logical_axes
     probe = self.param(
@@ -349,7 +363,7 @@ class MAPHead(nn.Module):
     probe = jnp.broadcast_to(probe, (n, 1, d))
     x = MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype_mm=self.dtype_mm,
-        attn_impl=self.attn_impl, logical_axes=on)(probe, x)
+        attn_impl=self.attn_impl, logical_axes=on)(probe, x, mask)
     y = _layer_norm(on)(x)
     x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype_mm=self.dtype_mm,
                      logical_axes=on)(y)
@@ -421,6 +435,86 @@ POOLS = {"tok": _pool_tok, "gap": _pool_gap, "map": _pool_map,
 
 
 # ----------------------------------------------------------------------------
+# FlexiViT (Beyer et al. 2023): one set of weights for every patch size.
+# ----------------------------------------------------------------------------
+def resize_image(x, shape):
+  """The image resize PI-resize is defined against: bilinear, half-pixel
+  centres, no antialiasing (TF's `tf.image.resize`, as in the paper), on the
+  leading two (spatial) axes of `x`."""
+  shape = tuple(shape) + tuple(x.shape[2:])
+  return jax.image.resize(x, shape, method="bilinear", antialias=False)
+
+
+@functools.lru_cache(maxsize=None)
+def resize_matrix(old: tuple[int, int], new: tuple[int, int]) -> np.ndarray:
+  """B [new_h*new_w, old_h*old_w]: `resize_image` as a matrix on flattened
+  (row-major) images; column i is the resized i-th basis image."""
+  n = old[0] * old[1]
+  with jax.ensure_compile_time_eval():  # Concrete even inside a trace.
+    basis = jnp.eye(n, dtype=jnp.float32).reshape(n, *old)
+    cols = jax.vmap(lambda e: resize_image(e, new))(basis)
+    return np.asarray(cols, np.float64).reshape(n, -1).T
+
+
+@functools.lru_cache(maxsize=None)
+def pi_resize_matrix(old: tuple[int, int], new: tuple[int, int]) -> np.ndarray:
+  """P [new_h*new_w, old_h*old_w] = pinv(B^T): the kernel w_new = P w with
+  <x, w> = <B x, w_new> for every patch x when upsampling (B has full column
+  rank), and the least-squares best such w_new when downsampling."""
+  return np.linalg.pinv(resize_matrix(old, new).T).astype(np.float32)
+
+
+def pi_resize(kernel, new_hw):
+  """PI-resize (FlexiViT, Sec. 3.4) of a patch-embedding kernel
+  [h, w, *rest] (e.g. [h, w, in, out]) to [new_h, new_w, *rest]."""
+  old, new = tuple(kernel.shape[:2]), tuple(int(v) for v in new_hw)
+  if old == new:
+    return kernel
+  p = jnp.asarray(pi_resize_matrix(old, new), kernel.dtype)
+  flat = kernel.reshape((old[0] * old[1], -1))
+  return (p @ flat).reshape(new + tuple(kernel.shape[2:]))
+
+
+def resize_posemb_grid(posemb, old_grid, new_grid):
+  """Bilinear resize (jnp, differentiable) of a [1, gh*gw, D] posemb."""
+  old_grid, new_grid = tuple(old_grid), tuple(new_grid)
+  if old_grid == new_grid:
+    return posemb
+  d = posemb.shape[-1]
+  grid = posemb.reshape(old_grid + (d,))
+  # As common.resample_posemb (checkpoint loading): antialiased when
+  # shrinking, so a plain ViT loaded from a FlexiViT computes the same.
+  out = jax.image.resize(grid, new_grid + (d,), method="bilinear")
+  return out.reshape((1, new_grid[0] * new_grid[1], d))
+
+
+class _FlexiEmbedding(nn.Module):
+  """The patch embedding with an underlying `base_patch` kernel (named
+  `embedding/kernel`, `embedding/bias` like the plain conv), PI-resized to
+  the patch size of the call."""
+  width: int
+  base_patch: Sequence[int]
+  dtype_mm: Any = "float32"
+  logical_axes: bool = False
+
+  @nn.compact
+  def __call__(self, x, patch):
+    on = self.logical_axes
+    kernel = self.param(
+        "kernel", _boxed(nn.linear.default_kernel_init,
+                         (None, None, None, "embed"), on),
+        tuple(self.base_patch) + (x.shape[-1], self.width), jnp.float32)
+    bias = self.param("bias", _boxed(nn.initializers.zeros, ("embed",), on),
+                      (self.width,), jnp.float32)
+    dtype = jnp.dtype(self.dtype_mm)
+    kernel = pi_resize(kernel, patch).astype(dtype)
+    y = jax.lax.conv_general_dilated(
+        x.astype(dtype), kernel, window_strides=tuple(patch), padding="VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + bias.astype(dtype)
+
+
+# ----------------------------------------------------------------------------
 # The model.
 # ----------------------------------------------------------------------------
 class _Model(nn.Module):
@@ -446,11 +540,20 @@ class _Model(nn.Module):
   # Hybrid: dict(num_layers=50, width=1) runs the ViT-paper ResNet stem first
   # and puts a (patch_size / stem stride) `embedding` conv on its feature map.
   resnet: Any = None
+  # FlexiViT: the underlying patch-embedding kernel size and learned posemb
+  # grid; the call's patch size (default `patch_size`) resizes both.
+  flexi_base_patch: Sequence[int] | None = None
+  flexi_posemb_grid: Sequence[int] | None = None
 
   @nn.compact
-  def __call__(self, image, *, train=False):
+  def __call__(self, image, *, train=False, patch_size=None):
     out = {}
-    patch = tuple(self.patch_size)
+    patch = tuple(self.patch_size if patch_size is None else
+                  ((patch_size,) * 2 if isinstance(patch_size, int)
+                   else patch_size))
+    if patch_size is not None and self.flexi_base_patch is None:
+      raise ValueError("patch_size= at call time needs a FlexiViT "
+                       "(flexi_base_patch set).")
     x = image
     if self.resnet is not None:
       # Created in this scope, so names match the released hybrids
@@ -459,16 +562,26 @@ class _Model(nn.Module):
       stride = resnet_stem.output_stride(self.resnet.get("num_layers", 50))
       patch = (patch[0] // stride, patch[1] // stride)
     on = self.logical_axes
-    x = out["stem"] = nn.Conv(
-        self.width, patch, strides=patch, padding="VALID", name="embedding",
-        kernel_init=_boxed(nn.linear.default_kernel_init,
-                           (None, None, None, "embed"), on),
-        bias_init=_boxed(nn.initializers.zeros, ("embed",), on),
-        dtype=jnp.dtype(self.dtype_mm))(x)
+    if self.flexi_base_patch is not None:
+      x = out["stem"] = _FlexiEmbedding(
+          self.width, tuple(self.flexi_base_patch), dtype_mm=self.dtype_mm,
+          logical_axes=on, name="embedding")(x, patch)
+    else:
+      x = out["stem"] = nn.Conv(
+          self.width, patch, strides=patch, padding="VALID", name="embedding",
+          kernel_init=_boxed(nn.linear.default_kernel_init,
+                             (None, None, None, "embed"), on),
+          bias_init=_boxed(nn.initializers.zeros, ("embed",), on),
+          dtype=jnp.dtype(self.dtype_mm))(x)
     n, h, w, c = x.shape
     x = jnp.reshape(x, (n, h * w, c))
-    x = out["with_posemb"] = _constrain(
-        x + POSEMBS[self.posemb](self, h, w, c), _ACT)
+    if self.flexi_posemb_grid is not None and self.posemb == "learn":
+      gh, gw = self.flexi_posemb_grid
+      pe = resize_posemb_grid(_posemb_learn(self, gh, gw, c), (gh, gw),
+                              (h, w))
+    else:
+      pe = POSEMBS[self.posemb](self, h, w, c)
+    x = out["with_posemb"] = _constrain(x + pe, _ACT)
     if self.pool_type == "tok":
       cls = self.param("cls", _boxed(nn.initializers.zeros,
                                      (None, None, "embed"), on),
@@ -536,7 +649,9 @@ def Model(num_classes: int | None = None, *, variant: str | None = None,
   ("auto"|"xla"|"cudnn"|"einsum"), logical_axes (box params with flax
   logical axis names for sharding's `logical` tactic), resnet (hybrid stem, e.g.
   dict(num_layers=50, width=1) for R50+ViT-B/16; patch_size stays in input
-  pixels).
+  pixels), flexi_base_patch / flexi_posemb_grid (FlexiViT: the underlying
+  kernel and learned-posemb grid, resized to `patch_size` or to the call's
+  `patch_size=` argument: PI-resize for the kernel, bilinear for the posemb).
 
   Every option is validated here, so a typo fails before any compute.
   """
@@ -574,6 +689,15 @@ def Model(num_classes: int | None = None, *, variant: str | None = None,
   if "patch_size" in cfg:
     p = cfg["patch_size"]
     cfg["patch_size"] = (p, p) if isinstance(p, int) else tuple(p)
+  for key in ("flexi_base_patch", "flexi_posemb_grid"):
+    if cfg.get(key) is not None:
+      v = cfg[key]
+      cfg[key] = (v, v) if isinstance(v, int) else tuple(v)
+  if cfg.get("flexi_posemb_grid") is not None and cfg.get(
+      "flexi_base_patch") is None:
+    raise ValueError("flexi_posemb_grid needs flexi_base_patch (FlexiViT).")
+  if cfg.get("flexi_base_patch") is not None and cfg.get("resnet"):
+    raise ValueError("FlexiViT (flexi_base_patch) has no ResNet stem.")
   if not 0.0 <= cfg.get("droppath_rate", 0.0) < 1.0:
     raise ValueError(f"droppath_rate must be in [0, 1), got "
                      f"{cfg['droppath_rate']}.")
@@ -711,5 +835,19 @@ def load(init_params: Mapping | None, init_file, model_cfg=None,
         and old.shape[-1] == new.shape[-1]):
       restored = dict(restored)
       restored["pos_embedding"] = common.resample_posemb(old, new)
+  # A patch-embedding kernel of another patch size (a FlexiViT checkpoint,
+  # or a ViT loaded at a new patch size): PI-resized (FlexiViT, Sec. 3.4).
+  kernel = (restored.get("embedding") or {}).get("kernel")
+  new = (init_params.get("embedding") or {}).get("kernel")
+  if (kernel is not None and new is not None and not skip("embedding/kernel")
+      and not isinstance(kernel, jax.ShapeDtypeStruct)
+      and kernel.ndim == 4 and tuple(kernel.shape[2:]) == tuple(new.shape[2:])
+      and tuple(kernel.shape[:2]) != tuple(new.shape[:2])):
+    logging.info("ViT: PI-resizing the patch embedding %s -> %s.",
+                 kernel.shape[:2], new.shape[:2])
+    restored = dict(restored)
+    restored["embedding"] = {**restored["embedding"], "kernel": np.asarray(
+        pi_resize(np.asarray(kernel, np.float32), new.shape[:2]),
+        np.asarray(kernel).dtype)}
   return common.merge_params(restored, init_params, dont_load)
 

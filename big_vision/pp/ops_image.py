@@ -286,3 +286,73 @@ def get_autoaugment(policy: str = "v0"):
   """AutoAugment (Cubuk et al., 2018) with a fixed ImageNet policy."""
   utils.check_choice(policy, tuple(autoaugment.POLICIES), "autoaugment policy")
   return lambda image, seed: autoaugment.autoaugment(image, policy, seed)
+
+
+# ----------------------------------------------------------------------------
+# NaFlex (SigLIP 2): native aspect ratio, a variable number of patches.
+# ----------------------------------------------------------------------------
+def naflex_grid(height, width, patch_size: int, seq_len: int):
+  """(rows, cols) of patches for an image of `height` x `width` pixels: the
+  largest grid of the image's aspect ratio with rows * cols <= seq_len.
+
+  The image is scaled by s = sqrt(seq_len * p^2 / (h * w)) (its patch count
+  is then exactly seq_len) and each side rounded down to whole patches, so
+  the product never exceeds seq_len; a side that would round to 0 (extreme
+  aspect ratios) is 1 and the other side is capped at seq_len. Works on
+  python numbers and on scalar tf tensors.
+  """
+  h = tf.cast(height, tf.float32)
+  w = tf.cast(width, tf.float32)
+  scale = tf.sqrt(float(seq_len) * patch_size ** 2 / (h * w))
+  rows = tf.maximum(tf.cast(tf.floor(h * scale / patch_size), tf.int32), 1)
+  cols = tf.maximum(tf.cast(tf.floor(w * scale / patch_size), tf.int32), 1)
+  cols = tf.maximum(tf.minimum(cols, seq_len // rows), 1)
+  rows = tf.maximum(tf.minimum(rows, seq_len // cols), 1)
+  return rows, cols
+
+
+# Channels after the patch pixels in a NaFlex "image": row, column, valid.
+NAFLEX_EXTRA = 3
+
+
+@Registry.register("preprocess_ops.naflex")
+@utils.InKeyOutKey()
+def get_naflex(seq_len: int, patch_size: int = 16, method: str = "bilinear",
+               antialias: bool = True):
+  """An image as a fixed-length NaFlex patch sequence (SigLIP 2).
+
+  Resizes the [h, w, c] image, keeping its aspect ratio, to the largest
+  whole-patch grid (rows, cols) with rows * cols <= seq_len (`naflex_grid`),
+  cuts it into row-major patches and pads the sequence to `seq_len`. The
+  output is ONE float32 tensor [seq_len, p*p*c + 3] so that batches stack
+  and every consumer of `image` (the step, evaluators, shardings) handles it
+  unchanged: channels [:p*p*c] are the patch pixels in (row, col, channel)
+  order (the layout of a ViT's conv `embedding` kernel, flattened), then the
+  patch's row, its column, and 1 for a real patch / 0 for padding (padding
+  rows are all zero). `models.naflex_vit` reads this layout. Apply after
+  `value_range` (pixels are not rescaled here).
+  """
+  _check_method(method)
+  if seq_len < 1 or patch_size < 1:
+    raise ValueError(f"naflex: seq_len and patch_size must be >= 1, got "
+                     f"{seq_len}, {patch_size}.")
+  p = int(patch_size)
+
+  def _naflex(image):
+    channels = image.shape[-1]
+    shape = tf.shape(image)
+    rows, cols = naflex_grid(shape[0], shape[1], p, seq_len)
+    image = tf.image.resize(tf.cast(image, tf.float32), (rows * p, cols * p),
+                            method=method, antialias=antialias)
+    x = tf.reshape(image, (rows, p, cols, p, channels))
+    x = tf.transpose(x, (0, 2, 1, 3, 4))
+    n = rows * cols
+    x = tf.reshape(x, (n, p * p * channels))
+    idx = tf.range(n)
+    pos = tf.cast(tf.stack([idx // cols, idx % cols, tf.ones_like(idx)], -1),
+                  tf.float32)
+    x = tf.concat([x, pos], axis=-1)
+    x = tf.pad(x, [[0, seq_len - n], [0, 0]])
+    return tf.ensure_shape(x, [seq_len, p * p * channels + NAFLEX_EXTRA])
+
+  return _naflex
