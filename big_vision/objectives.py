@@ -6,7 +6,9 @@ train step. Classification losses come from `big_vision.losses`; image-text
 objectives (SigLIP, CLIP) register here too, so there is one trainer.
 jax only: no tensorflow.
 """
+import functools
 import inspect
+import os
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -46,6 +48,7 @@ def classification_objective(config, model, loss_name) -> Objective:
   (1 - eps) * y + eps / num_classes first.
   """
   loss_fn = losses.get(loss_name)
+  sizes = flexi_patch_sizes(config)
   mix = dict(config.get("mixup") or {})
   mixup_p = float(mix.get("p") or 0.0)
   cutmix_alpha = float(mix.get("cutmix_alpha") or 0.0)
@@ -56,17 +59,55 @@ def classification_objective(config, model, loss_name) -> Objective:
     labels = batch["labels"].astype(jnp.float32)
     if eps:
       labels = batch_aug.smooth_labels(labels, eps)
+    if sizes:
+      rng, rng_patch = jax.random.split(rng)
     images, labels = batch_aug.mix_or_cut(
         rng, batch["image"], labels, mixup_p=mixup_p,
         cutmix_alpha=cutmix_alpha, switch_prob=switch_prob)
-    return {**batch, "image": images, "labels": labels}
+    batch = {**batch, "image": images, "labels": labels}
+    if sizes:  # One patch size per global batch, as a per-example column
+      # so that the accum_steps split hands every micro-batch the same one.
+      idx = jax.random.randint(rng_patch, (), 0, len(sizes))
+      batch[FLEXI_KEY] = jnp.full(images.shape[:1], idx, jnp.int32)
+    return batch
+
+  def loss_at(patch_size, params, batch, rng):
+    kw = {} if patch_size is None else {"patch_size": patch_size}
+    logits, _ = model.apply({"params": params}, batch["image"], train=True,
+                            rngs={"dropout": rng}, **kw)
+    return loss_fn(logits, batch["labels"])
 
   def loss(params, batch, rng):
-    logits, _ = model.apply({"params": params}, batch["image"], train=True,
-                            rngs={"dropout": rng})
-    return loss_fn(logits, batch["labels"])
-  active = mixup_p or cutmix_alpha or eps
+    if not sizes:
+      return loss_at(None, params, batch, rng)
+    # One compiled step holds a branch per patch size; only the drawn one
+    # runs (a conditional), so a step costs what its patch size costs.
+    branches = [functools.partial(loss_at, p) for p in sizes]
+    return jax.lax.switch(batch[FLEXI_KEY][0], branches, params, batch, rng)
+  active = mixup_p or cutmix_alpha or eps or sizes
   return Objective(("image",), loss, prepare if active else None)
+
+
+# The batch key carrying the FlexiViT patch-size index drawn by `prepare`.
+FLEXI_KEY = "flexi_patch_idx"
+
+
+def flexi_patch_sizes(config) -> tuple[int, ...]:
+  """`config.flexivit = dict(patch_sizes=(8, 10, ..., 48))`: the patch sizes
+  a FlexiViT (vit with flexi_base_patch) is trained at, one drawn uniformly
+  per step (Beyer et al. 2023). Empty when not set."""
+  cfg = dict(config.get("flexivit") or {})
+  for k in cfg:
+    if k != "patch_sizes":
+      raise utils.unknown_name_error("config.flexivit key", k,
+                                     ("patch_sizes",))
+  sizes = tuple(int(p) for p in cfg.get("patch_sizes") or ())
+  if cfg and not sizes:
+    raise ValueError("config.flexivit.patch_sizes must list patch sizes.")
+  if sizes and not dict(config.get("model") or {}).get("flexi_base_patch"):
+    raise ValueError("config.flexivit needs a FlexiViT model: set "
+                     "config.model.flexi_base_patch (model_name='vit').")
+  return sizes
 
 
 def _embed_pair(model, params, batch, rng):
@@ -111,6 +152,153 @@ def softmax_contrastive_objective(config, model, loss_name) -> Objective:
   return Objective(("image", "labels"), loss)
 
 
+# ----------------------------------------------------------------------------
+# Knowledge distillation ("function matching", Beyer et al. 2022).
+# ----------------------------------------------------------------------------
+DISTILL_KEYS = ("teacher", "temperature", "label_weight")
+TEACHER_KEYS = ("model_name", "model", "init", "num_classes")
+
+
+def distill_kl(student_logits, teacher_logits, temperature=1.0):
+  """Mean over the batch of T^2 KL(softmax(t/T) || softmax(s/T)).
+
+  The T^2 factor (Hinton et al. 2015) keeps the gradient's scale independent
+  of T. No gradient flows into `teacher_logits`.
+  """
+  t = jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature
+  s = student_logits.astype(jnp.float32) / temperature
+  log_pt, log_ps = jax.nn.log_softmax(t), jax.nn.log_softmax(s)
+  kl = jnp.sum(jnp.exp(log_pt) * (log_pt - log_ps), axis=-1)
+  return temperature ** 2 * jnp.mean(kl)
+
+
+class Teacher:
+  """A frozen model: built from `config.distill.teacher` at once (a bad
+  model name or option fails at build), its parameters read from `init`
+  (npz, workdir, released name; the family's `load`) the first time the
+  step is traced (so `program.build` stays abstract).
+
+  The parameters are closed over by the jitted step as constants, not
+  carried in the train state: checkpoints hold the student only (a
+  function-matching teacher is often several times the student's size and
+  would be saved with every checkpoint), and the optimizer, the EMA and the
+  donation never see it. The price: XLA embeds constants in the executable,
+  so the teacher's bytes are part of the compiled step (and of the
+  persistent compilation cache entry) and are replicated on every device.
+  That is right for teachers up to a few hundred MB; a teacher that needs
+  to be sharded would have to be a frozen subtree of the state instead.
+  """
+
+  def __init__(self, cfg, num_classes, mesh=None):
+    from big_vision import models  # pylint: disable=g-import-not-at-top
+    cfg = dict(cfg)
+    for k in cfg:
+      if k not in TEACHER_KEYS:
+        raise utils.unknown_name_error("config.distill.teacher key", k,
+                                       TEACHER_KEYS)
+    for k in ("model_name", "init"):
+      if not cfg.get(k):
+        raise ValueError(f"config.distill.teacher.{k} is required (the "
+                         "teacher's model family and its checkpoint: an "
+                         ".npz or a workdir).")
+    self.module = models.MODELS.lookup(cfg["model_name"])
+    self.model_cfg = dict(cfg.get("model") or {})
+    self.model = self.module.Model(
+        num_classes=cfg.get("num_classes", num_classes), **self.model_cfg)
+    self.init = cfg["init"]
+    if isinstance(self.init, str):  # A missing local file fails at build.
+      from big_vision.models import common as models_common  # pylint: disable=g-import-not-at-top
+      path, _ = models_common.checkpoint_location(
+          self.init, self.model_cfg, cfg["model_name"])
+      if "://" not in path and not os.path.exists(path):
+        raise ValueError(f"config.distill.teacher.init: {self.init!r} does "
+                         "not exist (an .npz, a workdir or a released name).")
+    self.mesh = mesh
+    self._params = None
+
+  def params(self, image_shape):
+    """The loaded teacher parameters (device arrays, replicated)."""
+    if self._params is None:
+      dummy = jax.ShapeDtypeStruct((1,) + tuple(image_shape[1:]), jnp.float32)
+      shapes = jax.eval_shape(
+          lambda x: self.model.init(jax.random.PRNGKey(0), x,
+                                    train=False)["params"], dummy)
+      # Called while the step is traced: reading a workdir (orbax) and
+      # placing the arrays must run eagerly, not be staged into the step.
+      with jax.ensure_compile_time_eval():
+        loaded = self.module.load(shapes, self.init, self.model_cfg)
+        if self.mesh is not None:
+          from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+          loaded = jax.device_put(loaded,
+                                  NamedSharding(self.mesh, PartitionSpec()))
+        else:
+          loaded = jax.device_put(loaded)
+      self._params = loaded
+    return self._params
+
+  def logits(self, params, images):
+    logits, _ = self.model.apply({"params": params}, images, train=False)
+    return jax.lax.stop_gradient(logits)
+
+
+def distill_loss_fn(config, model, teacher: Teacher):
+  """loss(student_params, teacher_params, batch, rng): the distillation loss
+  with the teacher's params explicit (the objective closes over them)."""
+  cfg = dict(config.get("distill") or {})
+  temperature = float(cfg.get("temperature", 1.0))
+  label_weight = float(cfg.get("label_weight", 0.0))
+  if temperature <= 0:
+    raise ValueError(f"config.distill.temperature must be > 0, got "
+                     f"{temperature}.")
+  if not 0.0 <= label_weight <= 1.0:
+    raise ValueError(f"config.distill.label_weight must be in [0, 1], got "
+                     f"{label_weight}.")
+  xent = losses.get("softmax_xent")
+
+  def loss(params, teacher_params, batch, rng):
+    logits, _ = model.apply({"params": params}, batch["image"], train=True,
+                            rngs={"dropout": rng})
+    # The teacher sees exactly the student's (augmented) images: function
+    # matching's "consistent" views.
+    t_logits = teacher.logits(teacher_params, batch["image"])
+    out = distill_kl(logits, t_logits, temperature)
+    if label_weight:
+      out = ((1 - label_weight) * out
+             + label_weight * xent(logits, batch["labels"]))
+    return out
+  return loss
+
+
+def distill_objective(config, model, loss_name, mesh=None) -> Objective:
+  """Student logits against a frozen teacher's (`config.loss="distill"`).
+
+    config.distill = dict(
+        teacher=dict(model_name="vit", model=dict(...), init="t.npz|workdir"),
+        temperature=1.0,    # Softens both distributions; loss scaled by T^2.
+        label_weight=0.0)   # (1 - w) * KL + w * softmax_xent(labels).
+
+  The teacher's forward runs in the same jitted step, in inference mode,
+  under stop_gradient (see `Teacher` for where its params live). Mixup /
+  CutMix / label smoothing (`config.mixup`, ...) apply to the batch both
+  models see, as for classification.
+  """
+  del loss_name
+  cfg = dict(config.get("distill") or {})
+  for k in cfg:
+    if k not in DISTILL_KEYS:
+      raise utils.unknown_name_error("config.distill key", k, DISTILL_KEYS)
+  if "teacher" not in cfg:
+    raise ValueError("config.loss='distill' needs config.distill.teacher = "
+                     "dict(model_name=..., model=..., init=...).")
+  teacher = Teacher(cfg["teacher"], config.get("num_classes"), mesh)
+  loss_fn = distill_loss_fn(config, model, teacher)
+  base = classification_objective(config, model, "softmax_xent")
+
+  def loss(params, batch, rng):
+    return loss_fn(params, teacher.params(batch["image"].shape), batch, rng)
+  return Objective(("image",), loss, base.prepare)
+
+
 # Losses whose value over a batch is not the mean of per-example (or
 # per-micro-batch) terms: every example is contrasted with the whole batch.
 WHOLE_BATCH_LOSSES = ("sigmoid_contrastive", "softmax_contrastive")
@@ -120,6 +308,7 @@ OBJECTIVES = utils.Registry("loss", where="config.loss", entries={
     "sigmoid_xent": classification_objective,
     "sigmoid_contrastive": sigmoid_contrastive_objective,
     "softmax_contrastive": softmax_contrastive_objective,
+    "distill": distill_objective,
 })
 
 
