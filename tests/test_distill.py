@@ -127,3 +127,26 @@ def test_config_errors():
     program.build_objective(config, None)
   with pytest.raises(ValueError, match="does not exist"):
     program.build_objective(_config("/nonexistent/teacher.npz"), None)
+
+
+def test_a_workdir_teacher_loads_inside_the_traced_step(teacher_npz,
+                                                          tmp_path):
+  """A workdir (orbax) teacher is read when the step is first traced; the
+  read must run eagerly, not be staged into the trace."""
+  _, t_params = teacher_npz
+  ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+  ckpt.save(7, {"params": t_params, "step": np.int32(7)})
+  ckpt.close()
+  config = _config(str(tmp_path))
+  _, model = program.create_model(config)
+  objective = objectives.make(config, model)
+  batch = _batch(2)
+  params = model.init(jax.random.PRNGKey(0), batch["image"],
+                      train=False)["params"]
+  loss = jax.jit(objective.loss)(params, batch, jax.random.PRNGKey(0))
+  t_logits, _ = model.apply({"params": params}, batch["image"], train=False)
+  from big_vision.models import vit  # pylint: disable=g-import-not-at-top
+  teacher = vit.Model(num_classes=10, **TEACHER)
+  want = objectives.distill_kl(
+      t_logits, teacher.apply({"params": t_params}, batch["image"])[0])
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
