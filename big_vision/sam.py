@@ -134,7 +134,10 @@ def check_config(config) -> None:
 def from_config(config):
   """None, or fn(value_and_grad_fn, params, lr) -> (loss, grads, info) as
   chosen by `config.sam` / `config.gsam`. `lr` is the step's learning rate
-  (a traced scalar; only GSAM's rho schedule reads it)."""
+  (a traced scalar, the `lr` of the step's info: with several schedule
+  groups, the first group's); only GSAM's rho schedule reads it. `lr_max`
+  defaults to config.lr, `lr_min` to 0 (the end of a cosine schedule; for
+  big_vision's linear decay set it to linear_end * lr)."""
   check_config(config)
   if config.get("sam"):
     cfg = dict(config.sam)
