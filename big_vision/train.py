@@ -26,6 +26,7 @@ from absl import flags
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
@@ -67,10 +68,20 @@ def define_flags():
 # The loop.
 # ----------------------------------------------------------------------------
 class _Preemption:
-  """Turns SIGTERM into 'checkpoint at the current step and exit 0'."""
+  """Turns SIGTERM into 'checkpoint at a step all processes agree on, exit 0'.
+
+  One process acts at the first step after the signal. With several, each
+  process only sets its flag; at sync steps (the log and checkpoint steps,
+  the same on every process) all exchange their flags with an allgather, and
+  if any is set, every process stops at that same step. (Acting on a local
+  flag alone, processes would enter the collective save at different steps
+  and hang.) So a multi-process run needs a grace period of up to
+  `log_training_steps` steps.
+  """
 
   def __init__(self):
-    self.requested = False
+    self.requested = False  # This process received SIGTERM.
+    self.stop = False  # All processes agreed to stop at the current step.
     try:
       signal.signal(signal.SIGTERM, self._handler)
     except ValueError:  # Not the main thread (e.g. inside a test runner).
@@ -79,6 +90,57 @@ class _Preemption:
   def _handler(self, signum, frame):
     del signum, frame
     self.requested = True
+
+  def agreed(self, sync_step: bool) -> bool:
+    """Whether to stop at this step; call at every step on every process."""
+    if not self.stop:
+      if jax.process_count() == 1:
+        self.stop = self.requested
+      elif sync_step:
+        flags = multihost_utils.process_allgather(np.int32(self.requested))
+        self.stop = bool(np.any(flags))
+    return self.stop
+
+
+class TrainingDiverged(FloatingPointError):
+  """Params or loss became NaN/inf; str() is one line for the user."""
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  """One on-device reduction: are all float leaves of `tree` finite?"""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+PAUSE_ENV = "BIG_VISION_TEST_PAUSE_AT_STEP"
+
+
+def pause_file(workdir: str, step: int, process_index: int | None = None,
+               process_count: int | None = None) -> str:
+  """<workdir>/.paused_at_<step>[.<process index> if several processes]."""
+  process_index = (jax.process_index() if process_index is None
+                   else process_index)
+  process_count = (jax.process_count() if process_count is None
+                   else process_count)
+  suffix = f".{process_index}" if process_count > 1 else ""
+  return os.path.join(workdir, f".paused_at_{step}{suffix}")
+
+
+def _test_pause(workdir: str, step: int):
+  """Test hook: with BIG_VISION_TEST_PAUSE_AT_STEP=<step>, once `step` is done
+  (its metrics and checkpoint written), writes pause_file() and waits until
+  the file is removed (or the process killed), so that tests act at a known
+  point instead of racing the trainer."""
+  path = pause_file(workdir, step)
+  with open(path + ".tmp", "w") as f:
+    f.write(str(os.getpid()))
+  os.replace(path + ".tmp", path)
+  logging.warning("Paused after step %d (%s): waiting for %s to be removed.",
+                  step, PAUSE_ENV, path)
+  while os.path.exists(path):
+    time.sleep(0.01)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -118,12 +180,42 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     state = prog.init_state()
 
   update_fn = prog.update_fn
+  pause_at = os.environ.get(PAUSE_ENV)
+  pause_at = int(pause_at) if pause_at else None
 
   chrono = utils.Chrono(first_step, total_steps, batch_size, jax.device_count())
   log_every = int(config.get("log_training_steps", 50))
   ckpt_every = int(config.get("ckpt_steps", 0) or 0)
   last_log_step = first_step
+  last_finite_step = first_step  # The newest step known to be finite.
   final = {}
+
+  def diverged(what: str, step: int) -> TrainingDiverged:
+    """The error to stop with; closes the writer and the checkpointer first
+    (their in-flight writes hold finite states: they are kept)."""
+    writer.flush()
+    writer.close()
+    ckpt.wait()
+    good = ckpt.latest_step()
+    ckpt.close()
+    if good is None:
+      where = f"there is no checkpoint in {workdir} to resume from"
+    else:
+      where = (f"the last good checkpoint is step {good}, "
+               f"{os.path.join(ckpt.directory, str(good))}")
+    hint = "lower config.lr" + (
+        "" if config.get("grad_clip_norm") else
+        " or set config.grad_clip_norm (e.g. 1.0)")
+    return TrainingDiverged(
+        f"{what} became NaN/inf between steps {last_finite_step} and {step}; "
+        f"step {step} was not checkpointed and {where}. To go on from there, "
+        f"{hint} and re-run the same command.")
+
+  def maybe_pause(step):
+    if pause_at == step:
+      ckpt.wait()
+      writer.flush()
+      _test_pause(workdir, step)
 
   def run_evals(step):
     chrono.pause()
@@ -139,6 +231,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if first_step == 0:
     run_evals(0)
   chrono.tick(first_step)
+  maybe_pause(first_step)
   step = first_step
   for step in range(first_step + 1, total_steps + 1):
     state, info = update_fn(state, next(batches))
@@ -147,14 +240,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       logging.info("Launch to first step done: %.1f s.",
                    time.time() - _LAUNCH_TIME)
 
-    if step % log_every == 0 or step == total_steps or preempt.requested:
+    log_step = step % log_every == 0 or step == total_steps
+    ckpt_step = bool(ckpt_every and step % ckpt_every == 0) or (
+        step == total_steps)
+    stop = preempt.agreed(sync_step=log_step or ckpt_step)
+
+    if log_step or stop:
       info = jax.device_get(info)  # The only host sync of the loop.
       bad = [k for k, v in info.items() if not np.isfinite(v)]
       if bad:
-        raise FloatingPointError(
-            f"{', '.join(bad)} became NaN/inf between steps {last_log_step} "
-            f"and {step}. The last good checkpoint in {workdir} is kept; "
-            "lower the learning rate or enable grad_clip_norm.")
+        raise diverged(", ".join(bad), step)
+      last_finite_step = step
       # The lr figures are those the step applied (per schedule group).
       measures = {**info, **chrono.tick(step),
                   "epoch": step / steps_per_epoch}
@@ -167,24 +263,35 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # Evals of a step run BEFORE its checkpoint: once the checkpoint exists,
     # a resumed run starts after this step and would never redo them. On
     # preemption they are skipped: the grace period is for the checkpoint.
-    if not preempt.requested:
+    if not stop:
       run_evals(step)
-    if preempt.requested or (ckpt_every and step % ckpt_every == 0) or (
-        step == total_steps):
+    if stop or ckpt_step:
       chrono.pause()
+      # Never checkpoint a non-finite state: one on-device reduction over
+      # the train state and one scalar to the host (plus the step's few
+      # scalars of info), at save steps only.
+      if not bool(_all_finite(state)):
+        raise diverged("the train state (params or optimizer state)", step)
+      bad = [k for k, v in jax.device_get(info).items()
+             if not np.isfinite(v)]
+      if bad:
+        raise diverged(", ".join(bad), step)
+      last_finite_step = step
       ckpt.save(step, state)  # Returns once the arrays are on the host, so
       chrono.resume()         # the next step may donate `state`'s buffers.
-    if preempt.requested:
-      ckpt.wait()
+    if stop:
+      ckpt.close()
       writer.flush()
       writer.close()
-      msg = (f"Preempted (SIGTERM): checkpoint of step {step} written to "
-             f"{workdir}. Resume with the same command.")
+      who = "" if preempt.requested else " received by another process"
+      msg = (f"Preempted (SIGTERM{who}): checkpoint of step {step} written "
+             f"to {workdir}. Resume with the same command.")
       logging.warning(msg)
       print(msg, flush=True)
       return final
+    maybe_pause(step)
 
-  ckpt.wait()
+  ckpt.close()
   writer.flush()
   writer.close()
   return final
@@ -218,13 +325,22 @@ def main(argv):
   if distributed is None:
     distributed = bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
   if distributed:
-    jax.distributed.initialize()
+    # Outside a cluster JAX detects, JAX_NUM_PROCESSES and JAX_PROCESS_ID
+    # (with JAX_COORDINATOR_ADDRESS) say who is who: e.g. local processes.
+    kw = {k: int(os.environ[e]) for k, e in (
+        ("num_processes", "JAX_NUM_PROCESSES"),
+        ("process_id", "JAX_PROCESS_ID")) if os.environ.get(e)}
+    jax.distributed.initialize(**kw)
   try:
     final = train(config, workdir)
   except config_check.ConfigError as e:
     # One line a user can act on, not a traceback (see config_check).
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
+  except TrainingDiverged as e:
+    # Also one line: the step, and the checkpoint to go on from.
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
   for k, v in sorted(final.items()):
     print(f"{k}: {v:.5f}")
 

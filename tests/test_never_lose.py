@@ -4,17 +4,21 @@ The end-to-end test drives real `python -m big_vision.train` processes (the
 helpers live in tools/chaos.py): SIGTERM, then SIGKILL during start-up, in
 the middle of training and in the middle of a checkpoint write, then a
 damaged newest checkpoint; the run must still end bit-identical to an
-uninterrupted one, with every step in metrics.jsonl exactly once.
+uninterrupted one, with every step in metrics.jsonl exactly once (and the
+redone steps' first lines kept in a side file). Every signal lands at a known
+point: the trainer's test hooks pause it there (see tools/chaos.py), no test
+sleeps or races the trainer. Also: a diverging run stops before
+checkpointing NaN; two processes agree on the preemption step.
 """
 import glob
 import importlib.util
+import json
 import logging
 import os
 import re
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -316,24 +320,43 @@ def test_skip_corrupt_counts_consecutive_failures_only(image_folder):
 # ----------------------------------------------------------------------------
 # End to end: real trainer processes, signals, a damaged checkpoint.
 # ----------------------------------------------------------------------------
-# 60 steps: enough that a kill aimed at step ~15 never finds the run done.
-TOTAL, CKPT = 60, 5
+# The kills land at known points: the trainer's test hooks pause it after a
+# given step (BIG_VISION_TEST_PAUSE_AT_STEP) or in the middle of a given
+# checkpoint write (BIG_VISION_TEST_PAUSE_IN_SAVE) until the test removes the
+# file announcing the pause, so nothing here races the trainer or a timer.
+TOTAL, CKPT = 40, 5
 # One CPU device per trainer process: half the start-up time of eight. (Exact
 # resume on 8 devices is tested in-process by tests/test_train.py.)
 DEVICES = 1
 
 
 def _ckpt_steps(workdir):
-  """Steps of the complete checkpoints. (A kill during orbax's deletion of
-  an old checkpoint may leave a half-deleted one: never used.)"""
-  for _ in range(20):
-    try:
-      ckpt = checkpoint.Checkpointer(workdir, read_only=True)
-      return [s for s in ckpt.all_steps() if ckpt.check(s) is None]
-    except FileNotFoundError:
-      # The live trainer deleted an old step while orbax listed it: look again.
-      time.sleep(0.1)
-  raise AssertionError(f"could not list the checkpoints of {workdir}")
+  """Steps of the complete checkpoints (read when no trainer is running or
+  while it is paused)."""
+  ckpt = checkpoint.Checkpointer(workdir, read_only=True)
+  return [s for s in ckpt.all_steps() if ckpt.check(s) is None]
+
+
+def _superseded_steps(workdir):
+  steps = []
+  for path in sorted(glob.glob(os.path.join(workdir,
+                                            "metrics.superseded.*.jsonl"))):
+    with open(path) as f:
+      steps += [json.loads(l)["step"] for l in f if "training_loss" in l]
+  return steps
+
+
+def _paused(arg, run, log, pause_at=None, in_save=None):
+  env = {}
+  if pause_at is not None:
+    env[chaos.PAUSE_AT_STEP] = str(pause_at)
+  if in_save is not None:
+    env[chaos.PAUSE_IN_SAVE] = str(in_save)
+  proc = chaos.launch(arg, run, log=log, devices=DEVICES, env=env)
+  path = (chaos.pause_file(run, pause_at) if pause_at is not None else
+          chaos.save_pause_file(run, in_save))
+  assert chaos.wait_for_file(proc, path), open(log).read()[-3000:]
+  return proc, path
 
 
 def test_kill_and_resume_ends_bit_identical(tmp_path):
@@ -345,68 +368,65 @@ def test_kill_and_resume_ends_bit_identical(tmp_path):
   reference = chaos.launch(arg, ref, log=str(tmp_path / "ref.log"),
                            devices=DEVICES)
   try:
-    # 1. SIGTERM mid-run: checkpoint at the current step, exit 0, say so.
+    # 1. SIGTERM while paused after step 7: the trainer checkpoints step 8
+    # (the first step after the signal), says so and exits 0.
     proc = subprocess.Popen(
-        chaos.train_cmd(arg, run), cwd=REPO, env=chaos.child_env(DEVICES),
+        chaos.train_cmd(arg, run), cwd=REPO,
+        env=chaos.child_env(DEVICES, {chaos.PAUSE_AT_STEP: "7"}),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert chaos.wait_for_step(proc, run, 7)
+    pause = chaos.pause_file(run, 7)
+    assert chaos.wait_for_file(proc, pause)
+    assert chaos.logged_steps(run) == list(range(1, 8))
+    assert _ckpt_steps(run) == [5]
     proc.send_signal(signal.SIGTERM)
+    chaos.resume(pause)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
-    m = re.search(r"Preempted \(SIGTERM\): checkpoint of step (\d+) written "
-                  r"to \S+\. Resume with the same command\.", out)
-    assert m, out[-3000:]
-    preempted = int(m.group(1))
-    assert 7 <= preempted < TOTAL
-    assert chaos.logged_steps(run) == list(range(1, preempted + 1))
-    assert _ckpt_steps(run)[-1] == preempted
+    assert re.search(r"Preempted \(SIGTERM\): checkpoint of step 8 written "
+                     r"to \S+\. Resume with the same command\.", out), out[-3000:]
+    assert chaos.logged_steps(run) == list(range(1, 9))
+    assert _ckpt_steps(run) == [5, 8]
 
-    # 2. SIGKILL during start-up (imports / config check / compilation).
-    proc = chaos.launch(arg, run, log=log, devices=DEVICES)
-    time.sleep(1.5)
+    # 2. SIGKILL during start-up: paused before its first step (checkpoint
+    # restored, nothing compiled or trained yet).
+    proc, pause = _paused(arg, run, log, pause_at=8)
     assert chaos.kill(proc) == -signal.SIGKILL
-    assert chaos.last_step(run) == preempted
-    assert _ckpt_steps(run)[-1] == preempted
+    os.remove(pause)
+    assert chaos.logged_steps(run) == list(range(1, 9))
+    assert _ckpt_steps(run) == [5, 8]
 
-    # 3. SIGKILL mid-training, a few steps after the next checkpoint.
-    next_ckpt = (preempted // CKPT + 1) * CKPT
-    proc = chaos.launch(arg, run, log=log, devices=DEVICES)
-    assert chaos.wait_for_step(proc, run, next_ckpt + 2)
-    assert chaos._poll(  # pylint: disable=protected-access
-        proc, lambda: _ckpt_steps(run)[-1] == next_ckpt, 600, 0.01)
+    # 3. SIGKILL mid-training, two steps after the checkpoint of step 10.
+    proc, pause = _paused(arg, run, log, pause_at=12)
+    assert _ckpt_steps(run) == [8, 10]
     assert chaos.kill(proc) == -signal.SIGKILL
-    assert chaos.last_step(run) >= next_ckpt + 2
-    assert _ckpt_steps(run) == [preempted, next_ckpt]
+    os.remove(pause)
+    assert chaos.logged_steps(run) == list(range(1, 13))
 
-    # 4. SIGKILL while orbax writes the next checkpoint: a tmp dir is left
-    # behind, the complete checkpoints are untouched. (Should the kill come
-    # a moment too late, the run just moved on: try the next checkpoint.)
-    for _ in range(3):
-      complete = _ckpt_steps(run)
-      since = time.time_ns()
-      proc = chaos.launch(arg, run, log=log, devices=DEVICES)
-      tmp = chaos.wait_for_ckpt_write(proc, run, since)
-      assert chaos.kill(proc) == -signal.SIGKILL
-      assert tmp is not None
-      if chaos.tmp_dirs(run):
-        break
-    assert chaos.tmp_dirs(run), "no kill landed in the middle of a write"
-    assert _ckpt_steps(run) == complete
+    # 4. SIGKILL in the middle of the write of checkpoint 15 (arrays on
+    # disk, directory not final): a tmp dir is left behind, the complete
+    # checkpoints are untouched. Steps 11, 12 are redone: their old lines
+    # move to a side file.
+    proc, pause = _paused(arg, run, log, in_save=15)
+    assert chaos.tmp_dirs(run)
+    assert chaos.kill(proc) == -signal.SIGKILL
+    os.remove(pause)
+    assert chaos.tmp_dirs(run), "the kill did not land mid-write"
+    assert _ckpt_steps(run) == [8, 10]
+    assert _superseded_steps(run) == [11, 12]
 
-    # 5. The newest complete checkpoint gets damaged (truncated array file):
-    # the trainer warns, falls back to the previous one, and finishes.
-    newest = os.path.join(run, "checkpoints", str(complete[-1]))
-    victim = _largest_array_file(newest)
+    # 5. The newest complete checkpoint (10) gets damaged (truncated array
+    # file): the trainer warns, falls back to 8, and finishes.
+    victim = _largest_array_file(os.path.join(run, "checkpoints", "10"))
     with open(victim, "r+b") as f:
       f.truncate(os.path.getsize(victim) // 2)
     proc = subprocess.run(chaos.train_cmd(arg, run), cwd=REPO,
                           env=chaos.child_env(DEVICES), capture_output=True,
                           text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert re.search(rf"Checkpoint of step {complete[-1]} in \S+ is "
-                     r"incomplete or corrupt: file \S+ has \d+ bytes instead "
-                     rf"of \d+ \(truncated\); using the previous complete "
-                     rf"one, step {complete[-2]}", proc.stderr), proc.stderr
+    assert re.search(r"Checkpoint of step 10 in \S+ is incomplete or corrupt: "
+                     r"file \S+ has \d+ bytes instead of \d+ \(truncated\); "
+                     r"using the previous complete one, step 8",
+                     proc.stderr), proc.stderr
   finally:
     reference.wait(timeout=900)
   assert reference.returncode == 0
@@ -414,3 +434,82 @@ def test_kill_and_resume_ends_bit_identical(tmp_path):
   assert chaos.compare(ref, run, TOTAL) == []
   assert not chaos.tmp_dirs(run)  # Leftovers cleaned up by the trainer.
   assert _ckpt_steps(run)[-2:] == [TOTAL - CKPT, TOTAL]
+  # Nothing logged was deleted: the redone steps' first lines are kept
+  # (11, 12 from kill 3; then 9..15 and what the killed run of step 4 logged
+  # while its save of 15 was paused: at most up to 20, whose save waits).
+  superseded = _superseded_steps(run)
+  assert superseded[:2] == [11, 12]
+  assert set(range(9, 16)) <= set(superseded[2:]) <= set(range(9, 21))
+  assert len(superseded[2:]) == len(set(superseded[2:]))
+
+
+def test_diverging_run_stops_before_checkpointing_nan(tmp_path):
+  # lr=1e12: the params blow up within a few steps. Every step saves, only
+  # every 10th logs: the check at the save steps must catch it.
+  cfg = chaos.write_tiny_config(str(tmp_path))
+  run = str(tmp_path / "run")
+  proc = subprocess.run(
+      chaos.train_cmd(f"{cfg}:steps=30,ckpt=1", run,
+                      ["--config.lr=1e12", "--config.log_training_steps=10"]),
+      cwd=REPO, env=chaos.child_env(DEVICES), capture_output=True, text=True,
+      timeout=900, check=False)
+  out = proc.stdout + proc.stderr
+  assert proc.returncode == 1, out[-3000:]
+  errors = [l for l in out.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1, out[-3000:]
+  m = re.fullmatch(
+      r"error: (.*) became NaN/inf between steps (\d+) and (\d+); step \3 "
+      r"was not checkpointed and the last good checkpoint is step (\d+), "
+      r"(\S+)\. To go on from there, lower config\.lr and re-run the same "
+      r"command\.", errors[0])
+  assert m, errors[0]
+  bad_step, good = int(m.group(3)), int(m.group(4))
+  assert good == bad_step - 1 == int(m.group(2))
+  assert m.group(5) == os.path.join(run, "checkpoints", str(good))
+  # grad_clip_norm is on in this config: not suggested. No second traceback.
+  assert "grad_clip_norm" not in out and "Traceback" not in out, out[-3000:]
+  assert "cannot schedule new futures" not in out
+  # What is on disk: complete, finite checkpoints up to `good`, nothing else.
+  steps = _ckpt_steps(run)
+  assert steps[-1] == good and not chaos.tmp_dirs(run)
+  assert not glob.glob(os.path.join(run, "checkpoints", checkpoint.PENDING + "*"))
+  for step in steps:
+    params = checkpoint.Checkpointer(
+        run, read_only=True).restore_params_to_host(step)
+    for leaf in jax.tree.leaves(params):
+      assert np.isfinite(leaf).all(), step
+
+
+def test_two_processes_agree_on_the_preemption_step(tmp_path):
+  # A fresh workdir (nothing pre-created), two processes of one job; only
+  # process 1 gets SIGTERM, while both are paused after step 7. They agree
+  # at the next log step (10): both checkpoint step 10 and exit 0.
+  cfg = chaos.write_tiny_config(str(tmp_path))
+  arg = f"{cfg}:steps=15,ckpt=100"
+  run = str(tmp_path / "run")
+  over = ["--config.log_training_steps=5"]
+  log = str(tmp_path / "two.log")
+  procs = chaos.launch_processes(arg, run, 2, over, log=log, env={
+      chaos.PAUSE_AT_STEP: "7"})
+  try:
+    pauses = [chaos.pause_file(run, 7, i) for i in range(2)]
+    for pause in pauses:
+      assert chaos.wait_for_file(procs, pause)
+    procs[1].send_signal(signal.SIGTERM)
+    for pause in pauses:
+      chaos.resume(pause)
+    codes = chaos.wait_all(procs, 600)
+  finally:
+    for p in procs:
+      chaos.kill(p)
+  out = open(log).read()
+  assert codes == [0, 0], out[-5000:]
+  assert "Preempted (SIGTERM): checkpoint of step 10 written" in out
+  assert ("Preempted (SIGTERM received by another process): checkpoint of "
+          "step 10 written") in out
+  assert _ckpt_steps(run) == [10]
+  assert chaos.logged_steps(run) == [5, 10]
+  # The job resumes from there to the end, as two processes again.
+  assert chaos.wait_all(chaos.launch_processes(arg, run, 2, over)) == [0, 0]
+  assert _ckpt_steps(run) == [10, 15]
+  assert chaos.logged_steps(run) == [5, 10, 15]

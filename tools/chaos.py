@@ -6,7 +6,10 @@ r"""Chaos test of resumability: kill a training run at random moments.
 Runs `python -m big_vision.train` on a tiny digits config twice:
   1. uninterrupted, to completion (the reference);
   2. under chaos: launched, SIGKILLed at a random moment, relaunched with the
-     same command, ... `--kills` times, then left to finish.
+     same command, ... `--kills` times, then left to finish;
+then the same with a two-process job (jax.distributed on localhost, one CPU
+device each), where each kill hits ONE of the two processes (the job is then
+relaunched whole, as a cluster scheduler does), `--process_kills` times.
 and checks that the chaotic run ends with bit-identical params and a
 `metrics.jsonl` in which every training step appears exactly once.
 
@@ -83,9 +86,11 @@ def write_tiny_config(directory: str) -> str:
   return path
 
 
-def child_env(devices: int | None = None) -> dict:
-  """The environment of the trainer processes; `devices`: CPU device count."""
+def child_env(devices: int | None = None, extra: dict | None = None) -> dict:
+  """The environment of the trainer processes; `devices`: CPU device count;
+  `extra`: more variables (e.g. the test hooks, see `pause_env`)."""
   env = dict(os.environ)
+  env.update(extra or {})
   if devices:
     flags = [f for f in env.get("XLA_FLAGS", "").split()
              if "xla_force_host_platform_device_count" not in f]
@@ -102,12 +107,48 @@ def train_cmd(config: str, workdir: str, overrides=()) -> list[str]:
           "--workdir", workdir, *overrides]
 
 
-def launch(config: str, workdir: str, overrides=(), log=None, devices=None):
+def launch(config: str, workdir: str, overrides=(), log=None, devices=None,
+           env=None):
   """Starts a training process; stdout+stderr go to `log` (a file path)."""
   out = open(log, "ab") if log else subprocess.DEVNULL  # pylint: disable=consider-using-with
   return subprocess.Popen(train_cmd(config, workdir, overrides), cwd=REPO,
-                          env=child_env(devices), stdout=out,
+                          env=child_env(devices, env), stdout=out,
                           stderr=subprocess.STDOUT)
+
+
+# Test hooks of the trainer (big_vision/train.py, big_vision/checkpoint.py):
+# the process pauses at a known point, announced by a file in the workdir,
+# until that file is removed (or the process killed).
+PAUSE_AT_STEP = "BIG_VISION_TEST_PAUSE_AT_STEP"  # After step N is done.
+PAUSE_IN_SAVE = "BIG_VISION_TEST_PAUSE_IN_SAVE"  # Mid-write of checkpoint N.
+
+
+def pause_file(workdir: str, step: int, process: int | None = None) -> str:
+  """The file a trainer paused after `step` writes (`process`: of several)."""
+  suffix = f".{process}" if process is not None else ""
+  return os.path.join(workdir, f".paused_at_{step}{suffix}")
+
+
+def save_pause_file(workdir: str, step: int) -> str:
+  return os.path.join(workdir, f".paused_in_save_{step}")
+
+
+def wait_for_file(procs, path: str, timeout: float = 600) -> bool:
+  """True once `path` exists; False if a process in `procs` exits first."""
+  procs = procs if isinstance(procs, (list, tuple)) else [procs]
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if os.path.exists(path):
+      return True
+    if any(p.poll() is not None for p in procs):
+      return os.path.exists(path)
+    time.sleep(0.005)
+  return False
+
+
+def resume(path: str):
+  """Lets a paused trainer go on."""
+  os.remove(path)
 
 
 def logged_steps(workdir: str) -> list[int]:
@@ -185,6 +226,34 @@ def run_to_completion(config, workdir, overrides=(), log=None,
     raise
 
 
+def free_port() -> int:
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def launch_processes(config: str, workdir: str, n: int = 2, overrides=(),
+                     log=None, devices: int = 1, env=None) -> list:
+  """`n` trainer processes forming one jax.distributed job on localhost."""
+  port = free_port()
+  return [launch(config, workdir, overrides, log, devices, {
+      "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+      "JAX_NUM_PROCESSES": str(n), "JAX_PROCESS_ID": str(i), **(env or {})})
+          for i in range(n)]
+
+
+def wait_all(procs, timeout: float = 900) -> list[int]:
+  deadline = time.monotonic() + timeout
+  codes = []
+  for p in procs:
+    try:
+      codes.append(p.wait(timeout=max(1.0, deadline - time.monotonic())))
+    except subprocess.TimeoutExpired:
+      codes.append(kill(p))
+  return codes
+
+
 def final_params(workdir: str) -> dict:
   from big_vision import checkpoint  # pylint: disable=g-import-not-at-top
   from big_vision import utils  # pylint: disable=g-import-not-at-top
@@ -253,6 +322,51 @@ def chaos_run(config, workdir, *, kills, rng, total_steps, startup_s, log,
   code = run_to_completion(config, workdir, overrides, log)
   say(f"final launch: exit code {code}")
   return events, code
+
+
+def chaos_run_processes(config, workdir, *, kills, rng, total_steps,
+                        startup_s, log, n=2, say=print):
+  """Like chaos_run, for an `n`-process job: each time ONE process is
+  SIGKILLed at a random moment. The others cannot go on without it (they
+  would wait in a collective until jax's heartbeat timeout), so, as a
+  cluster scheduler does, the job is then stopped and relaunched whole."""
+  events = []
+  for i in range(kills):
+    progress = last_step(workdir)
+    kinds = ["startup", "ckpt"] + (["step"] if progress + 1 < total_steps
+                                   else [])
+    kind = rng.choice(kinds)
+    victim = rng.randrange(n)
+    since = time.time_ns()
+    procs = launch_processes(config, workdir, n, log=log)
+    if kind == "startup":
+      delay = rng.uniform(0.0, startup_s)
+      _poll(procs[victim], lambda: False, delay, 0.01)
+      what = f"{delay:.2f}s after launch"
+    elif kind == "step":
+      target = rng.randint(progress + 1, total_steps - 1)
+      wait_for_step(procs[victim], workdir, target)
+      what = f"after step {target} was logged"
+    else:
+      d = wait_for_ckpt_write(procs[victim], workdir, since)
+      what = (f"while writing {os.path.basename(d)}" if d else
+              "(no checkpoint write seen)")
+    before = last_step(workdir)
+    code = kill(procs[victim])
+    rest = [kill(p) for j, p in enumerate(procs) if j != victim]
+    left = [os.path.basename(d) for d in tmp_dirs(workdir)
+            if os.stat(d).st_ctime_ns >= since]
+    events.append(dict(kill=i + 1, kind=kind, when=what, process=victim,
+                       exit_code=code, last_logged_step=before,
+                       tmp_left=left))
+    say(f"two-process kill {i + 1}/{kills}: process {victim}, {kind:7s} "
+        f"{what}; last logged step {before}"
+        f"{'; left unfinished: ' + ', '.join(left) if left else ''}"
+        f"{'; (had already finished)' if code == 0 else ''}"
+        f"; the other(s) stopped with {rest}")
+  codes = wait_all(launch_processes(config, workdir, n, log=log))
+  say(f"final two-process launch: exit codes {codes}")
+  return events, max(abs(c) for c in codes)
 
 
 # ----------------------------------------------------------------------------
@@ -390,6 +504,30 @@ def measure(steps: int, repeats: int, root: str):
           f"{med:6.2f} median over 10-step windows")
 
 
+def _two_process_phase(args, rng, arg, root, log) -> list[str]:
+  """Two-process reference and chaotic runs; their differences."""
+  ref, chaos = (os.path.join(root, "reference2"), os.path.join(root, "chaos2"))
+  for d in (ref, chaos):
+    shutil.rmtree(d, ignore_errors=True)
+  t0 = time.monotonic()
+  procs = launch_processes(arg, ref, log=log)
+  wait_for_step(procs[0], ref, 1)
+  startup_s = time.monotonic() - t0
+  codes = wait_all(procs)
+  if any(codes):
+    return [f"the two-process reference run exited with {codes}; see {log}"]
+  print(f"two-process reference run: {time.monotonic() - t0:.1f}s")
+  events, code = chaos_run_processes(
+      arg, chaos, kills=args.process_kills, rng=rng, total_steps=args.steps,
+      startup_s=startup_s, log=log)
+  landed = sum(e["exit_code"] != 0 for e in events)
+  print(f"{landed}/{args.process_kills} kills of one process interrupted the "
+        "two-process run.")
+  problems = [f"the final two-process launch exited with {code}"] if code else []
+  return problems + [f"two processes: {p}" for p in compare(ref, chaos,
+                                                           args.steps)]
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--kills", type=int, default=5)
@@ -399,6 +537,10 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--measure_steps", type=int, default=200)
   parser.add_argument("--_measure_one", default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--process_kills", type=int, default=2,
+                      help="Then the same with a two-process (jax."
+                      "distributed, localhost) run, killing one process each "
+                      "time; 0 skips it.")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--steps", type=int, default=30)
   parser.add_argument("--ckpt_steps", type=int, default=5)
@@ -450,11 +592,14 @@ def main(argv=None):
   in_write = sum(bool(e["tmp_left"]) for e in events)
   print(f"{landed}/{args.kills} kills interrupted the run "
         f"({in_write} mid-checkpoint-write).")
+  if args.process_kills:
+    problems += _two_process_phase(args, rng, arg, root, log)
   if problems:
     print("FAIL:\n  " + "\n  ".join(problems))
   else:
-    print(f"PASS: final params bit-identical to the uninterrupted run; "
-          f"metrics.jsonl has steps 1..{args.steps} exactly once.")
+    print(f"PASS: final params bit-identical to the uninterrupted run"
+          f"{'s' if args.process_kills else ''}; metrics.jsonl has steps "
+          f"1..{args.steps} exactly once.")
   if not args.keep_workdirs and not args.workdir:
     shutil.rmtree(root, ignore_errors=True)
   return 1 if problems else 0
