@@ -11,7 +11,8 @@ Expected: test prec@1 0.96 after 60 epochs (704 steps), about two minutes on
 1/5/10-shot linear-probe accuracy of the pre-logits (digits_10shot ...).
 
 Args (`vit_digits.py:arg1,arg2=...`): runlocal (2 steps, for tests),
-variant (a ViT variant such as "Ti/4" instead of the tiny custom width).
+variant (a ViT variant such as "Ti/4" instead of the tiny custom width),
+res (crop size, 16), epochs (60), dtype_mm ("float32" or "bfloat16" matmuls).
 """
 import ml_collections
 
