@@ -153,12 +153,10 @@ def test_two_processes_train_like_one_with_eight_devices(tmp_path):
   from big_vision import metric_writer  # pylint: disable=g-import-not-at-top
   from big_vision import utils  # pylint: disable=g-import-not-at-top
 
+  # A fresh workdir: nothing in it, not even itself. (All processes pass
+  # the config check, which probes workdir/checkpoints, before any of them
+  # creates it: train.py syncs them in between.)
   workdir = str(tmp_path / "multi")
-  # Work around a start-up race (reported): config_check probes
-  # workdir/checkpoints with orbax only if it exists, and process 0 may
-  # create it before process 1 looks, so their orbax barriers diverge.
-  # With the directory there from the start both processes do the same.
-  os.makedirs(os.path.join(workdir, "checkpoints"))
   outs = _run_two_processes(workdir)
   finals = [json.loads(l[len("FINAL "):]) for o in outs
             for l in o.splitlines() if l.startswith("FINAL ")]
