@@ -225,6 +225,10 @@ TOP_LEVEL: dict[str, Check] = {
     "distill": _optional(_mapping),
     # FlexiViT: the patch sizes drawn per step (objectives.flexi_patch_sizes).
     "flexivit": _optional(_mapping),
+    # config.loss="combined": {objective name: weight}, checked by
+    # objectives.combined_objective; the eos id of the captioning targets.
+    "objectives": _optional(_mapping),
+    "caption_eos_id": _optional(_int(0)),
 }
 
 # Keys of config.input (data/pp/batching; see input_pipeline.training).

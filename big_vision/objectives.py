@@ -31,6 +31,9 @@ class Objective(NamedTuple):
   # step applies it once per global batch, before the accum_steps split, so
   # accumulation equals the large batch.
   prepare: Callable[[dict, jax.Array], dict] | None = None
+  # True: `loss` returns (scalar, {name: scalar}); the step logs the dict
+  # (e.g. each term of a "combined" objective) beside `training_loss`.
+  has_aux: bool = False
 
 
 # One lambda per batch, folded to >= 0.5 (see batch_aug.mixup).
@@ -126,20 +129,109 @@ def sigmoid_contrastive_objective(config, model, loss_name,
   the global B x B matrix. A model without a bias parameter uses b = 0.
   """
   del loss_name
+  term = _sigmoid_term(config, mesh)
+
+  def loss(params, batch, rng):
+    zimg, ztxt, out = _embed_pair(model, params, batch, rng)
+    return term(zimg, ztxt, out, batch)
+  return Objective(("image", "labels"), loss)
+
+
+def _sigmoid_term(config, mesh=None):
+  """(zimg, ztxt, out, batch) -> the SigLIP loss (see above)."""
   axes = None
   if mesh is not None and config.get("chunked_loss", True):
     from big_vision import sharding  # pylint: disable=g-import-not-at-top
     if sharding.num_data_shards(mesh) > 1:
       axes = sharding.data_axes(mesh)
 
-  def loss(params, batch, rng):
-    zimg, ztxt, out = _embed_pair(model, params, batch, rng)
+  def term(zimg, ztxt, out, batch):
+    del batch
     b = out.get("b", jnp.zeros((), jnp.float32))
     if axes is not None:
       return losses.sigmoid_contrastive_loss_sharded(
           zimg, ztxt, out["t"], b, mesh, axis_name=axes)
     return losses.sigmoid_contrastive_loss(zimg, ztxt, out["t"], b)
-  return Objective(("image", "labels"), loss)
+  return term
+
+
+# ----------------------------------------------------------------------------
+# Captioning (CapPa / LocCa) and objectives combined with weights (SigLIP 2).
+# ----------------------------------------------------------------------------
+def caption_weights(tokens, eos_id: int = 1):
+  """1.0 for the positions a decoder is trained on: every token up to and
+  including the first eos; 0.0 after it (padding: the shapes / SigLIP
+  tokenisation pads with the eos id, `pad_value=1`)."""
+  is_eos = (tokens == eos_id).astype(jnp.int32)
+  eos_before = jnp.cumsum(is_eos, axis=1) - is_eos  # eos strictly earlier.
+  return (eos_before == 0).astype(jnp.float32)
+
+
+def captioning_loss(logits, tokens, eos_id: int = 1):
+  """Next-token cross-entropy, averaged over the trained positions of the
+  batch (`caption_weights`): logits [b, l, vocab] predict tokens [b, l]."""
+  w = caption_weights(tokens, eos_id)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32),
+                             axis=-1)[..., 0]
+  return jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def _captioning_term(config, mesh=None):
+  del mesh
+  eos_id = int(config.get("caption_eos_id", 1))
+
+  def term(zimg, ztxt, out, batch):
+    del zimg, ztxt
+    if "dec/logits" not in out:
+      raise ValueError("The captioning objective needs a decoder: set "
+                       "config.model.decoder = dict(...) (two_towers).")
+    return captioning_loss(out["dec/logits"], batch["labels"], eos_id)
+  return term
+
+
+# Terms of `config.loss = "combined"`: (config, mesh) -> term(zimg, ztxt,
+# out, batch) -> scalar, all computed from ONE forward pass of the model.
+COMBINED_TERMS = utils.Registry("objective", where="config.objectives",
+                                entries={
+                                    "sigmoid_contrastive": _sigmoid_term,
+                                    "captioning": _captioning_term,
+                                })
+
+
+def combined_objective(config, model, loss_name, mesh=None) -> Objective:
+  """Several image-text objectives in one step, weighted (SigLIP 2):
+
+    config.loss = "combined"
+    config.objectives = dict(sigmoid_contrastive=1.0, captioning=1.0)
+
+  One forward pass of the two-tower model (with its decoder when
+  "captioning" is on: it predicts the training caption `labels`) feeds every
+  term; the loss is sum_k w_k * term_k, and each term is logged as
+  `loss/<name>` (unweighted) beside `training_loss`.
+  """
+  del loss_name
+  weights = {k: float(v) for k, v in dict(config.get("objectives")
+                                          or {}).items()}
+  if not weights:
+    raise ValueError("config.loss='combined' needs config.objectives = "
+                     "dict(<objective>=<weight>, ...); objectives: "
+                     f"{', '.join(COMBINED_TERMS.names())}.")
+  terms = {}
+  for name in weights:
+    terms[name] = COMBINED_TERMS.lookup(name)(config, mesh)
+  decode = "captioning" in weights
+
+  def loss(params, batch, rng):
+    kw = {"decoder_text": batch["labels"]} if decode else {}
+    zimg, ztxt, out = model.apply({"params": params}, batch["image"],
+                                  batch["labels"], train=True,
+                                  rngs={"dropout": rng}, **kw)
+    parts = {name: term(zimg, ztxt, out, batch)
+             for name, term in terms.items()}
+    total = sum(weights[name] * parts[name] for name in weights)
+    return total, {f"loss/{name}": v for name, v in parts.items()}
+  return Objective(("image", "labels"), loss, has_aux=True)
 
 
 def softmax_contrastive_objective(config, model, loss_name) -> Objective:
@@ -309,6 +401,7 @@ OBJECTIVES = utils.Registry("loss", where="config.loss", entries={
     "sigmoid_contrastive": sigmoid_contrastive_objective,
     "softmax_contrastive": softmax_contrastive_objective,
     "distill": distill_objective,
+    "combined": combined_objective,
 })
 
 
@@ -317,6 +410,12 @@ def make(config, model, mesh=None) -> Objective:
   name = config.get("loss", "softmax_xent")
   factory = OBJECTIVES.lookup(name)
   accum_steps = int(config.get("accum_steps", 1) or 1)
+  if name == "combined" and accum_steps > 1 and any(
+      k in WHOLE_BATCH_LOSSES for k in dict(config.get("objectives") or {})):
+    raise ValueError(
+        f"config.accum_steps={accum_steps} cannot be used with a contrastive "
+        "term in config.objectives: it contrasts every example with the "
+        "whole batch (see sigmoid_contrastive). Set config.accum_steps=1.")
   if accum_steps > 1 and name in WHOLE_BATCH_LOSSES:
     raise ValueError(
         f"config.accum_steps={accum_steps} cannot be used with "

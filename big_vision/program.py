@@ -450,9 +450,28 @@ def make_update_fn(config, objective: objectives.Objective, tx, mesh,
 
   def grads_of(params, batch, rng, lr=None):
     train, merge, full_grads = split_trainable(params)
-    loss_fn = lambda t, b, r: objective.loss(merge(t), b, r)
+    # An objective with auxiliary outputs (`has_aux`: e.g. the terms of a
+    # "combined" loss) returns (loss, {name: scalar}); the dict of the first
+    # pass (under SAM: at the unperturbed params) is logged in `info`.
+    logged = {}
+
+    def loss_fn(t, b, r):
+      out = objective.loss(merge(t), b, r)
+      return out if objective.has_aux else (out, {})
+
+    def vg(t, b, r):
+      (loss, terms), g = jax.value_and_grad(loss_fn, has_aux=True)(t, b, r)
+      return loss, g, terms
+
+    def log(terms):
+      for k, v in terms.items():
+        logged.setdefault(k, v)
+
     if accum_steps == 1:
-      value_and_grad = lambda t: jax.value_and_grad(loss_fn)(t, batch, rng)
+      def value_and_grad(t):
+        loss, g, terms = vg(t, batch, rng)
+        log(terms)
+        return loss, g
     else:
       # Micro-batch j takes examples j, j+k, j+2k, ...: every device keeps an
       # equal share of each micro-batch, so no data moves between devices.
@@ -466,20 +485,23 @@ def make_update_fn(config, objective: objectives.Objective, tx, mesh,
       def value_and_grad(t):
         def body(carry, xs):
           mb, i = xs
-          loss, g = jax.value_and_grad(loss_fn)(t, mb,
-                                                jax.random.fold_in(rng, i))
-          return jax.tree.map(jnp.add, carry, (loss, g)), None
-        zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, t))
-        (loss, g), _ = jax.lax.scan(body, zeros,
-                                    (micro, jnp.arange(accum_steps)))
-        return jax.tree.map(lambda x: x / accum_steps, (loss, g))
+          out = vg(t, mb, jax.random.fold_in(rng, i))
+          return jax.tree.map(jnp.add, carry, out), None
+        terms = jax.eval_shape(
+            lambda: vg(t, jax.tree.map(lambda x: x[0], micro), rng)[2])
+        zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, t),
+                 jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), terms))
+        out, _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum_steps)))
+        loss, g, terms = jax.tree.map(lambda x: x / accum_steps, out)
+        log(terms)
+        return loss, g
     if sharpness is None:
       loss, g = value_and_grad(train)
-      return loss, g, full_grads, {}
+      return loss, g, full_grads, dict(logged)
     # SAM / GSAM (big_vision/sam.py): a second pass at perturbed trainable
     # params, the perturbation from the whole (accumulated) batch gradient.
     loss, g, aux = sharpness(value_and_grad, train, lr)
-    return loss, g, full_grads, aux
+    return loss, g, full_grads, {**logged, **aux}
 
   def update(state, batch):
     # Inside the traced function: jax's trace cache ignores flax's rules.

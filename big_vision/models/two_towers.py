@@ -71,15 +71,28 @@ class _TwoTowers(nn.Module):
   txt: nn.Module
   temperature_init: float = 10.0
   bias_init: float | None = None
+  dec: nn.Module | None = None  # text_decoder over the image tokens.
 
   @nn.compact
-  def __call__(self, image, text=None, *, train=False):
+  def __call__(self, image, text=None, *, train=False, decoder_text=None):
+    """`decoder_text` (int tokens [batch, len], needs a `decoder`): the
+    caption the decoder predicts, teacher-forced (its input is the caption
+    shifted right); its logits are `out["dec/logits"]` [batch, len, vocab]."""
     out = {}
     zimg = ztxt = None
     if image is not None:
       x, tower_out = self.img(image, train=train)
       out.update({f"img/{k}": v for k, v in tower_out.items()})
       zimg, out["img/norm"] = _normalize(x)
+      if self.dec is not None and (decoder_text is not None
+                                   or self.is_initializing()):
+        from big_vision.models import text_decoder  # pylint: disable=g-import-not-at-top
+        captions = decoder_text if decoder_text is not None else text
+        if captions is None:
+          raise ValueError("The decoder needs text: pass decoder_text.")
+        out["dec/logits"], _ = self.dec(
+            text_decoder.shift_right(captions), tower_out["encoded"],
+            tower_out.get("mask"), train=train)
     if text is not None:
       x, tower_out = self.txt(text, train=train)
       out.update({f"txt/{k}": v for k, v in tower_out.items()})
@@ -116,7 +129,7 @@ def Model(  # pylint: disable=invalid-name
     num_classes: int | None = None, *, image_model: str = "vit",
     text_model: str = "text_transformer", image=None, text=None,
     out_dim=128, temperature_init: float = 10.0,
-    bias_init: float | None = None) -> _TwoTowers:
+    bias_init: float | None = None, decoder=None) -> _TwoTowers:
   """Builds the two towers from their modules' names and config dicts.
 
   Args:
@@ -130,6 +143,9 @@ def Model(  # pylint: disable=invalid-name
       (image, text) pair where None means "no head on that side".
     temperature_init: initial exp(t); SigLIP and LiT use 10.
     bias_init: initial b (SigLIP: -10); None means no bias parameter.
+    decoder: kwargs of a `text_decoder` (parameters under `dec/`) that
+      reads the image tower's encoder tokens (SigLIP 2's LocCa-style
+      captioning decoder); None: no decoder.
   """
   if num_classes is not None:
     raise ValueError(f"two_towers takes no num_classes (got {num_classes}); "
@@ -150,9 +166,14 @@ def Model(  # pylint: disable=invalid-name
       raise ValueError(f"config.model.{key}.num_classes: set the projection "
                        "width with config.model.out_dim instead.")
     towers[tower] = module.Model(num_classes=dim, **kw)
+  dec = None
+  if decoder is not None:
+    from big_vision.models import text_decoder  # pylint: disable=g-import-not-at-top
+    dec = text_decoder.Model(**dict(decoder))
   return _TwoTowers(img=towers["img"], txt=towers["txt"],
                     temperature_init=float(temperature_init),
-                    bias_init=None if bias_init is None else float(bias_init))
+                    bias_init=None if bias_init is None else float(bias_init),
+                    dec=dec)
 
 
 # ----------------------------------------------------------------------------
@@ -168,7 +189,8 @@ def _read(source) -> dict:
 
 
 def _is_two_tower(tree: Mapping) -> bool:
-  return bool(set(tree) & set(TOWERS)) and set(tree) <= {*TOWERS, "t", "b"}
+  return bool(set(tree) & set(TOWERS)) and set(tree) <= {*TOWERS, "t", "b",
+                                                          "dec"}
 
 
 def _tower_patterns(dont_load: Sequence[str], tower: str) -> list[str]:
@@ -225,6 +247,12 @@ def load(init_params: Mapping, init_files, model_cfg=None,
           f"{sorted(whole)}, expected img, txt, t[, b]). To load one tower "
           "from it, pass config.model_init={'img': path} (or 'txt').")
     sources = {k: whole[k] for k in (*TOWERS, "t", "b") if k in whole}
+    if "dec" in whole and "dec" in init_params:  # A run with a decoder.
+      restored_dec = common.merge_params(
+          _unwrap(whole["dec"]), init_params["dec"],
+          _tower_patterns(dont_load, "dec"))
+    else:
+      restored_dec = None
     required = True
   elif isinstance(init_files, Mapping):
     sources = {}
@@ -236,11 +264,14 @@ def load(init_params: Mapping, init_files, model_cfg=None,
             where="config.model_init")
       sources[part] = value
     required = False
+    restored_dec = None
   else:
     raise ValueError(f"config.model_init must be a path or a dict of tower "
                      f"paths, got {init_files!r}.")
 
   restored = dict(init_params)
+  if restored_dec is not None:
+    restored["dec"] = restored_dec
   for tower, key in (("img", "image"), ("txt", "text")):
     if tower not in sources:
       if required and tower in init_params:

@@ -174,8 +174,8 @@ class MultiHeadDotProductAttention(nn.Module):
 
   @nn.compact
   def __call__(self, inputs_q, inputs_kv, mask=None):
-    """`mask`: None, or bool [batch, kv length]: False keys (padding) get no
-    attention (NaFlex)."""
+    """`mask`: None, bool [batch, kv length] (False keys, e.g. padding, get
+    no attention: NaFlex) or bool [batch, q length, kv length] (causal)."""
     width = inputs_q.shape[-1]
     if width % self.num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads "
@@ -195,8 +195,9 @@ class MultiHeadDotProductAttention(nn.Module):
     if mask is None:
       x = ATTENTION_IMPLS[self.attn_impl](q, k, v)
     else:
-      x = ATTENTION_IMPLS[self.attn_impl](q, k, v,
-                                          mask=mask[:, None, None, :])
+      # [batch, kv] (key padding) or [batch, q, kv] (e.g. causal).
+      m = mask[:, None, None, :] if mask.ndim == 2 else mask[:, None]
+      x = ATTENTION_IMPLS[self.attn_impl](q, k, v, mask=m)
     x = _constrain(x, qkv_names)
     return nn.DenseGeneral(
         features=width, axis=(-2, -1),
