@@ -24,7 +24,8 @@ from big_vision import utils
 # Modules of this package that are not evaluator types.
 HELPER_MODULES = ("common", "class_names")
 SCHEDULING_KEYS = ("type", "log_steps", "log_percent", "log_epochs",
-                   "log_examples", "skip_first", "prefix", "use_ema")
+                   "log_examples", "skip_first", "prefix", "use_ema",
+                   "pred_kw")
 
 
 EVALUATORS = utils.ModuleRegistry("evaluator type", "big_vision.evaluators",
@@ -116,7 +117,8 @@ def from_config(config, predict_fn: Callable, mesh, *, total_steps: int,
         None if steps_per_epoch is None else steps_per_epoch * (batch_size or 1)),
                         batch_size=batch_size, total_steps=total_steps,
                         default=0)
-    evaluator = module.Evaluator(predict_fn, mesh=mesh, **kwargs)
+    evaluator = module.Evaluator(
+        with_pred_kw(predict_fn, cfg.get("pred_kw")), mesh=mesh, **kwargs)
     out.append(ScheduledEvaluator(
         name=name, evaluator=evaluator, every=every,
         skip_first=bool(cfg.get("skip_first", False)),
@@ -157,6 +159,21 @@ def _select(predict_fn, selection: str) -> Callable:
 
 
 _COMPILED: dict[tuple[Any, str], Callable] = {}
+_WITH_KW: dict[tuple[Any, tuple], Callable] = {}
+
+
+def with_pred_kw(predict_fn, pred_kw) -> Callable:
+  """`predict_fn` with fixed model keyword arguments (big_vision's evaluator
+  key `pred_kw`, e.g. dict(patch_size=8) for a FlexiViT). The same kwargs
+  give the same function object, so `compiled_predict` still shares it."""
+  if not pred_kw:
+    return predict_fn
+  kw = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                    for k, v in dict(pred_kw).items()))
+  key = (predict_fn, kw)
+  if key not in _WITH_KW:
+    _WITH_KW[key] = lambda params, *args: predict_fn(params, *args, **dict(kw))
+  return _WITH_KW[key]
 
 
 def compiled_predict(predict_fn, selection: str = "logits") -> Callable:
