@@ -191,3 +191,23 @@ def test_gsam_step_reads_rho_from_the_schedule_and_accumulates_exactly():
   assert np.isclose(runs[1][1][1]["gsam/rho"], 0.02 + 0.18 * 0.75)
   for a, b in zip(jax.tree.leaves(runs[1][0]), jax.tree.leaves(runs[4][0])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_gsam_digits_runlocal_trains_through_train_py(tmp_path):
+  """The config's :runlocal on the embedded digits, through train.train: the
+  step logs the clean and perturbed losses and rho (the :digits accuracy
+  run, 352 steps, is a measurement in the config's docstring)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  from big_vision import metric_writer  # pylint: disable=g-import-not-at-top
+  from big_vision import train  # pylint: disable=g-import-not-at-top
+  mod = importlib.import_module("big_vision.configs.proj.gsam.vit_i1k_gsam")
+  config = mod.get_config("runlocal")
+  assert config.gsam.rho_max == 0.05 and config.total_steps == 2
+  train.train(config, str(tmp_path))
+  rows = [r for r in metric_writer.read(str(tmp_path))
+          if "training_loss" in r]
+  assert [r["step"] for r in rows] == [2]  # log_training_steps=2.
+  for r in rows:
+    assert 0.01 <= r["gsam/rho"] <= 0.05
+    assert np.isfinite(r["training_loss"])
+    assert r["sam/loss_perturbed"] >= r["training_loss"] - 1e-3
