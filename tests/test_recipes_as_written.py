@@ -27,6 +27,7 @@ ranges that can be checked (accuracies in [0, 1]).
 """
 import dataclasses
 import glob
+import importlib
 import importlib.util
 import math
 import os
@@ -170,6 +171,12 @@ CASES = [
                   "fewshot/pets_10shot")),
     Case("proj/scaling_laws/train_vit_g.py", "dataset=jft,fsdp=2",
          overrides=(_VIT_MU16, _FEWSHOT_IN1K), metrics=("val/prec@1",)),
+    # The teacher: an initialised (untrained) ViT of the config's own
+    # TEACHER_MODEL, saved as an .npz (what step 1 of its docstring trains).
+    Case("proj/distill/digits.py", "teacher={distill_teacher_npz}",
+         metrics=("test/prec@1",)),
+    Case("proj/flexivit/digits.py",
+         metrics=tuple(f"test_p{p}/prec@1" for p in (4, 6, 8))),
 ]
 
 
@@ -256,6 +263,17 @@ def _save_vit(path, variant, num_classes):
   return path
 
 
+def _save_distill_teacher(path):
+  """The teacher proj/distill/digits.py names, initialised, as an .npz."""
+  from big_vision.models import vit  # pylint: disable=g-import-not-at-top
+  mod = importlib.import_module("big_vision.configs.proj.distill.digits")
+  model = vit.Model(num_classes=10, **mod.TEACHER_MODEL)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0),
+                               np.zeros((1, mod.RES, mod.RES, 3), np.float32))
+  checkpoint.save_params(jax.device_get(params["params"]), path)
+  return path
+
+
 def _train_spm(prefix):
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
   from big_vision.evaluators import class_names  # pylint: disable=g-import-not-at-top
@@ -279,6 +297,8 @@ def recipe_files(tmp_path_factory, recipe_data_dir):
       vit_ti16_npz=_save_vit(str(d / "vit_ti16.npz"), "Ti/16", 21843),
       # c4_en stand-in: a small unigram sentencepiece model.
       spm=_train_spm(str(d / "spm")),
+      # proj/distill/digits.py's teacher (TEACHER_MODEL, 10 classes).
+      distill_teacher_npz=_save_distill_teacher(str(d / "teacher.npz")),
   )
 
 
