@@ -241,6 +241,8 @@ INPUT_KEYS: dict[str, Check] = {
     "cache": _bool,  # Cache the preprocessed examples (big_vision's cache).
     "prefetch": _optional(_int(-1)),
     "skip_corrupt": _bool,
+    # Consecutive failed examples before skip_corrupt stops the run.
+    "max_consecutive_corrupt": _optional(_int(1)),
 }
 
 MIXUP_KEYS: dict[str, Check] = {"p": _number(0), "cutmix_alpha": _number(0),
