@@ -104,11 +104,13 @@ def _polygon(shape, cx, cy, r):
 
 
 def render(shape: str, color, background, radius: float, cx: float,
-           cy: float) -> np.ndarray:
-  """uint8 [RES, RES, 3]; drawn at 4x and box-filtered (anti-aliasing)."""
+           cy: float, hw: tuple[int, int] = (RES, RES)) -> np.ndarray:
+  """uint8 [h, w, 3] (default RES x RES); drawn at 4x and box-filtered
+  (anti-aliasing)."""
   from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
   s = _SUPERSAMPLE
-  img = Image.new("RGB", (RES * s, RES * s), tuple(int(v) for v in background))
+  h, w = hw
+  img = Image.new("RGB", (w * s, h * s), tuple(int(v) for v in background))
   draw = ImageDraw.Draw(img)
   fill = tuple(int(v) for v in color)
   if shape == "circle":
@@ -117,7 +119,7 @@ def render(shape: str, color, background, radius: float, cx: float,
   else:
     draw.polygon([(x * s, y * s) for x, y in _polygon(shape, cx, cy, radius)],
                  fill=fill)
-  return np.asarray(img.resize((RES, RES), Image.BOX), np.uint8)
+  return np.asarray(img.resize((w, h), Image.BOX), np.uint8)
 
 
 def generate(split: str):
@@ -135,6 +137,39 @@ def generate(split: str):
                                     0, 255)
     image = render(shape, jitter(COLORS[color], 20),
                    jitter(BACKGROUNDS[background], 10), radius, cx, cy)
+    words = dict(shape=shape, color=color, size=size, background=background)
+    templates = rng.permutation(len(TEMPLATES))[:NUM_CAPTIONS]
+    texts = [TEMPLATES[t].format(**words) for t in templates]
+    yield i, {"image": image, "texts": texts, **words, "id": i}
+
+
+# `shapes_captions_flex`: the same shapes, colours, captions and splits, on
+# canvases of varying aspect ratio (height, width), for NaFlex (SigLIP 2).
+FLEX_SIZES = ((32, 32), (28, 36), (28, 44), (28, 56), (36, 28), (44, 28),
+              (56, 28))
+
+
+def generate_flex(split: str):
+  """Yields (id, example) of `shapes_captions_flex`: as `generate` (same
+  attribute and caption distribution, same held-out combinations), each
+  image on a canvas drawn from FLEX_SIZES, the shape shifted within it.
+  A pure function of the split (its own seeds: `generate` is unchanged)."""
+  rng = np.random.RandomState({"train": 10, "test": 11}[split])
+  triplets = combinations(split)
+  for i in range(SPLIT_SIZES[split]):
+    h, w = FLEX_SIZES[rng.randint(len(FLEX_SIZES))]
+    shape, color, size = triplets[rng.randint(len(triplets))]
+    background = list(BACKGROUNDS)[rng.randint(len(BACKGROUNDS))]
+    radius = rng.uniform(*SIZES[size])
+    room_x = max(0.0, w / 2 - radius - 1)
+    room_y = max(0.0, min(MAX_SHIFT, h / 2 - radius - 1))
+    cx = w / 2 + rng.uniform(-room_x, room_x)
+    cy = h / 2 + rng.uniform(-room_y, room_y)
+    jitter = lambda rgb, a: np.clip(np.asarray(rgb) + rng.randint(-a, a + 1, 3),
+                                    0, 255)
+    image = render(shape, jitter(COLORS[color], 20),
+                   jitter(BACKGROUNDS[background], 10), radius, cx, cy,
+                   hw=(h, w))
     words = dict(shape=shape, color=color, size=size, background=background)
     templates = rng.permutation(len(TEMPLATES))[:NUM_CAPTIONS]
     texts = [TEMPLATES[t].format(**words) for t in templates]
@@ -190,6 +225,31 @@ class ShapesCaptionsBuilder(tfds.core.GeneratorBasedBuilder):
 
 
 core.register_embedded("shapes_captions", ShapesCaptionsBuilder)
+
+
+class ShapesCaptionsFlexBuilder(ShapesCaptionsBuilder):
+  """`shapes_captions` on canvases of varying aspect ratio (FLEX_SIZES)."""
+
+  name = "shapes_captions_flex"
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "shapes_captions on 28..56 px canvases of "
+                            "aspect ratios 1:2 .. 2:1."}
+
+  def _info(self):
+    info = super()._info()
+    features = dict(info.features)
+    features["image"] = tfds.features.Image(shape=(None, None, 3),
+                                            encoding_format="png")
+    return tfds.core.DatasetInfo(
+        builder=self, description=__doc__,
+        features=tfds.features.FeaturesDict(features),
+        supervised_keys=None, disable_shuffling=True)
+
+  def _generate_examples(self, split):
+    yield from generate_flex(split)
+
+
+core.register_embedded("shapes_captions_flex", ShapesCaptionsFlexBuilder)
 
 
 # ----------------------------------------------------------------------------

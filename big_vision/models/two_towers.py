@@ -38,7 +38,8 @@ TOWERS = ("img", "txt")
 # Per-tower model modules' defaults that differ inside a two-tower model: a
 # zero-initialised projection head would make every embedding zero, where
 # L2 normalisation is undefined.
-TOWER_DEFAULTS: dict[str, dict[str, Any]] = {"vit": {"head_zeroinit": False}}
+TOWER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "vit": {"head_zeroinit": False}, "naflex_vit": {"head_zeroinit": False}}
 _ALIASES = {"image": "img", "text": "txt", "temperature": "t", "bias": "b"}
 
 
