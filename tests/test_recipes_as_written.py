@@ -86,6 +86,39 @@ _FEWSHOT_IN1K = ("evals.fewshot.datasets.imagenet",
                  "images); 150 generated ones give every class 25 shots")
 _I21K_TRAIN = ("input.data.split", "full[16:]",
                "the rest of the stand-in (as full[51200:] is of i21k)")
+# VTAB-1k (proj/vtab/vtab1k.py TASKS): train800 ("train[:800]") and val200
+# (the first 200 of a validation/test split, or an absolute offset past
+# train800 into the train split: "train[2754:2954]") are absolute sizes and
+# offsets, which TFDS refuses on the generated splits (8-75 examples,
+# tests/recipe_data.py SPLITS). Stand-ins keep their shape: train800 -> the
+# first 8 of the same split, "<split>[:200]" -> "<split>[:8]", an offset
+# into train -> its last 8 (disjoint from the first 8: those splits have
+# >= 16 examples).
+def _vtab_split_standin(split):
+  name, rest = split.split("[", 1)
+  if rest.startswith(":"):
+    return f"{name}[:8]"
+  return f"{name}[-8:]"
+
+
+_VTAB = importlib.import_module("big_vision.configs.proj.vtab.vtab1k")
+_VTAB_TASKS = tuple(t[0] for t in _VTAB.TASKS)  # All 19.
+
+
+def _vtab_overrides():
+  out = [("input.data.split", "train[:8]",
+          "train800 of caltech101 (the one lr-0 training step's data): "
+          "train[:800] is an absolute size; the generated split has 75")]
+  for task, tfds_name, _, _, train800, val200, _ in _VTAB.TASKS:
+    out.append((f"evals.vtab.tasks.{task}.train_data.split",
+                _vtab_split_standin(train800),
+                f"train800 = {tfds_name} {train800}: an absolute size "
+                "beyond the generated split"))
+    out.append((f"evals.vtab.tasks.{task}.test_data.split",
+                _vtab_split_standin(val200),
+                f"val200 = {tfds_name} {val200}: an absolute "
+                "size/offset beyond the generated split"))
+  return tuple(out)
 
 CASES = [
     Case("vit_digits.py", metrics=("test/prec@1", "fewshot/digits_10shot")),
@@ -177,6 +210,25 @@ CASES = [
          metrics=("test/prec@1",)),
     Case("proj/flexivit/digits.py",
          metrics=tuple(f"test_p{p}/prec@1" for p in (4, 6, 8))),
+    # tools/eval_only.py's config; train.train runs it too (one lr-0 step,
+    # then the suite). Every one of the 19 fine-tunes runs once.
+    Case("proj/vtab/vtab1k.py", overrides=(
+        _VIT_MU16,
+        ("evals.vtab.shared.steps", STEPS,
+         "2500 fine-tune steps per task -> 2 (19 tasks on 2 CPU cores)"),
+        ("evals.vtab.shared.optimizer.schedule.warmup_steps", 0,
+         "the config's min(200, steps // 10) for steps=2"),
+        ("evals.vtab.log_steps", STEPS,
+         "log_steps=1 runs the suite at the config's one step; at SHRINK's "
+         "2 steps it would run twice (steps 1 and 2)"),
+        ("evals.vtab.shared.batch_size", BATCH,
+         "fine-tune batch 512 -> 8 (the suite's shared key; SHRINK sets "
+         "only top-level evaluator batch sizes)"),
+        *_vtab_overrides()),
+         metrics=("vtab/mean/prec@1", "vtab/natural_mean/prec@1",
+                  "vtab/specialized_mean/prec@1",
+                  "vtab/structured_mean/prec@1",
+                  *(f"vtab/{t}/prec@1" for t in _VTAB_TASKS))),
 ]
 
 
