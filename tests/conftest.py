@@ -13,10 +13,12 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Keep tensorflow from grabbing accelerators or all host threads in tests.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-# JAX's persistent compilation cache, shared by the test processes (xdist
-# workers and the trainers tests launch): the same tiny models and steps are
-# compiled by many tests, and a rerun on the same machine compiles little.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
-    tempfile.gettempdir(), "big_vision_tests_jax_cache"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# No persistent compilation cache in tests. A cache directory shared by many
+# concurrent test processes (some with other device topologies: the
+# multi-process tests run 2 x 4 devices) once served an executable that
+# aborted an 8-device process; the cause is not pinned down, and a test
+# suite must not depend on what earlier runs left on the machine. Tests of
+# the cache (test_compile_cache.py) pass their own fresh directories;
+# trainers that tests launch as subprocesses inherit "off".
+os.environ.setdefault("BIG_VISION_COMPILATION_CACHE", "off")
+os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
