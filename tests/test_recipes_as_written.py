@@ -190,6 +190,20 @@ CASES = [
     Case("proj/image_text/siglip_b16.py", "vocab={spm}", overrides=_TOWERS_TINY,
          metrics=("zeroshot/imagenet/top1", "zeroshot/cifar100/top1",
                   "zeroshot/pets/top1", "retrieval_coco/i2t/r@1")),
+    # SigLIP 2 demo: embedded shapes_captions_flex (NaFlex at 16 and 64
+    # patches, the captioning decoder); nothing to shrink.
+    Case("proj/siglip2/siglip2_demo.py",
+         metrics=("zeroshot_16/color/top1", "zeroshot_64/color/top1",
+                  "retrieval_64/i2t/r@1", "captioning/token_acc",
+                  "captioning/unigram_acc")),
+    # SigLIP 2 B/16: WebLI stand-in, ImageNet zero-shot and COCO retrieval
+    # at 256 patches; the Gemma tokenizer on gs:// -> the generated spm.
+    Case("proj/siglip2/siglip2_b16.py", "vocab={spm}",
+         overrides=_TOWERS_TINY + (
+             ("model.decoder.variant", "mu", "B decoder -> width 32"),
+             ("model.decoder.depth", 1, "4 decoder blocks -> 1"),),
+         metrics=("zeroshot_256/imagenet/top1",
+                  "retrieval_coco_256/i2t/r@1")),
     Case("proj/image_text/lit_b16b.py", "img={vit_mu16_npz},vocab={spm}",
          overrides=(_TOWERS_TINY[0], _TOWERS_TINY[1],
                     ("model.out_dim", (None, 32),
