@@ -68,7 +68,8 @@ class Evaluator:
     for batch in common.eval_batches(self.data, self.pp_fn, self.batch_size,
                                      self.mesh, self.cache_final):
       sums = self.eval_batch(train_state["params"], batch)
-      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+      sums = jax.tree.map(common.to_host, sums)  # Summed on the host.
+      totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
     counts = common.to_host(totals.pop("counts"))
     totals = {k: float(common.to_host(v)) for k, v in totals.items()}
     n = max(totals["n"], 1.0)

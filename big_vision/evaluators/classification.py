@@ -14,6 +14,7 @@ benchmark.
 import functools
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 
 from big_vision import losses
@@ -42,7 +43,8 @@ class Evaluator:
       logits = self.logits(train_state["params"], batch["image"])
       sums = batch_sums(logits, batch[self.label_key], batch["_mask"],
                         loss_name=self.loss_name, skip_empty=self.skip_empty)
-      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+      sums = jax.tree.map(common.to_host, sums)  # Summed on the host.
+      totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
     totals = jax.tree.map(lambda x: float(common.to_host(x)), totals)
     yield "prec@1", totals["top1"] / max(totals["n"], 1)
     yield "prec@5", totals["top5"] / max(totals["n"], 1)

@@ -9,6 +9,7 @@ looked up by name in `PER_EXAMPLE_FNS` (`loss`: the classifier's loss on `labels
 import functools
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 
 from big_vision import losses
@@ -51,7 +52,8 @@ class Evaluator:
                                      self.mesh, self.cache_final):
       logits = self.logits(train_state["params"], batch["image"])
       s, cnt = _sums(logits, batch, pred=self.pred, loss_name=self.loss_name)
-      totals = s if totals is None else jax.tree.map(jnp.add, totals, s)
+      s = jax.tree.map(common.to_host, s)  # Summed on the host.
+      totals = s if totals is None else jax.tree.map(np.add, totals, s)
       n += float(cnt)
     for k, v in (totals or {}).items():
       yield k, float(common.to_host(v)) / max(n, 1.0)

@@ -198,7 +198,8 @@ class Evaluator:
                                        self.mesh, self.cache_final):
         zimg = self.embed_image(params, batch["image"])
         sums = _batch_sums(zimg, batch["label"], batch["_mask"], class_emb)
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals,
+        sums = jax.tree.map(common.to_host, sums)  # Summed on the host.
+        totals = sums if totals is None else jax.tree.map(np.add, totals,
                                                           sums)
       totals = {k: float(common.to_host(v)) for k, v in totals.items()}
       if totals["out_of_range"]:
