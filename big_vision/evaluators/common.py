@@ -216,3 +216,18 @@ def to_host(x) -> np.ndarray:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     x = multihost_utils.process_allgather(x, tiled=True)
   return np.asarray(x)
+
+
+def features_and_labels(features_fn, params, data, pp, batch_size: int, mesh,
+                        label_key: str) -> tuple[np.ndarray, np.ndarray]:
+  """(float32 [N, D] features, int64 [N] labels) of every real example of a
+  split, on the host: what the frozen-feature evaluators (fewshot_lsr, knn)
+  fit and score. One-hot labels are turned into class indices."""
+  xs, ys = [], []
+  for batch in eval_batches(data, pp, batch_size, mesh):
+    mask = to_host(batch["_mask"]).astype(bool)
+    x = to_host(features_fn(params, batch))[mask]
+    xs.append(x.reshape(len(x), -1).astype(np.float32))
+    y = to_host(batch[label_key])
+    ys.append((y.argmax(-1) if y.ndim == 2 else y)[mask])
+  return np.concatenate(xs), np.concatenate(ys).astype(np.int64)

@@ -163,14 +163,9 @@ class Evaluator:
     data = dict(name=tfds_name, split=split)
     if self.data_dir:
       data["data_dir"] = self.data_dir
-    xs, ys = [], []
-    for batch in common.eval_batches(data, pp, self.batch_size, self.mesh):
-      mask = common.to_host(batch["_mask"]).astype(bool)
-      x = common.to_host(self.features(params, batch))[mask]
-      xs.append(x.reshape(len(x), -1).astype(np.float32))
-      y = common.to_host(batch[self.label_key])
-      ys.append((y.argmax(-1) if y.ndim == 2 else y)[mask])
-    return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
+    return common.features_and_labels(self.features, params, data, pp,
+                                      self.batch_size, self.mesh,
+                                      self.label_key)
 
   def run(self, train_state):
     params = train_state["params"]
