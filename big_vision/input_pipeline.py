@@ -96,6 +96,26 @@ def _epoch_seed_base(seed: int, process_index: int) -> int:
   return ((int(seed) * 65_537 + int(process_index)) * 2**20) % 2**62
 
 
+def _seeded_shuffle(ds: tf.data.Dataset, buffer_size: int,
+                    seed) -> tf.data.Dataset:
+  """`ds.shuffle` whose order depends on `seed` alone, never on TF's global seed.
+
+  TF mixes the global seed (`tf.random.set_seed`, which users call in
+  colabs and which hand-called pp ops honour) into every op seed. The
+  training stream must not change with it, and with a global seed of 0 a
+  tensor op seed (ours: base + epoch) even fails inside TF's seed logic. So
+  the graph-level seed is cleared while the shuffle op is created; it is
+  then (TF's default graph seed, `seed`) whatever the caller has set.
+  """
+  graph = tf.compat.v1.get_default_graph()
+  saved = graph.seed
+  graph.seed = None
+  try:
+    return ds.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=False)
+  finally:
+    graph.seed = saved
+
+
 def training(input_config, *, seed: int = 0, start_step: int = 0,
              process_index: int | None = None,
              process_count: int | None = None
@@ -141,8 +161,7 @@ def training(input_config, *, seed: int = 0, start_step: int = 0,
   def epoch(e):
     ds = raw
     if buffer_size > 1:
-      ds = ds.shuffle(min(buffer_size, n_local), seed=seed_base + e,
-                      reshuffle_each_iteration=False)
+      ds = _seeded_shuffle(ds, min(buffer_size, n_local), seed_base + e)
     positions = tf.data.Dataset.range(e * n_local, (e + 1) * n_local)
     return tf.data.Dataset.zip(positions, ds)
 
@@ -174,8 +193,8 @@ def training(input_config, *, seed: int = 0, start_step: int = 0,
 
     def final_epoch(e):
       if buffer_size > 1:
-        return final.shuffle(min(buffer_size, n_local), seed=seed_base + e,
-                             reshuffle_each_iteration=False)
+        return _seeded_shuffle(final, min(buffer_size, n_local),
+                               seed_base + e)
       return final
 
     first_epoch, offset = divmod(start, n_local)

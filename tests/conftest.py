@@ -22,3 +22,22 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # trainers that tests launch as subprocesses inherit "off".
 os.environ.setdefault("BIG_VISION_COMPILATION_CACHE", "off")
 os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+
+
+import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_tf_global_seed():
+  """Tests that call tf.random.set_seed (hand-called pp ops) leave it unset.
+
+  The library does not depend on it (test_input_pipeline checks that the
+  training stream ignores it), but a leaked global seed would make later
+  tests in the same worker draw other hand-called random ops.
+  """
+  yield
+  tf = sys.modules.get("tensorflow")
+  if tf is not None and hasattr(tf, "random"):
+    tf.random.set_seed(None)

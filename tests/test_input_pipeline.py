@@ -70,6 +70,24 @@ def test_training_same_seed_same_batches_other_seed_differs():
   assert not np.array_equal(a[0]["id"], c[0]["id"])
 
 
+@pytest.mark.parametrize("cache", [False, True])
+def test_training_ignores_tf_global_seed(cache):
+  # A colab user calls tf.random.set_seed (hand-called pp ops honour it). The
+  # stream must not change, and a global seed of 0 once crashed the shuffle.
+  cfg = _config(batch_size=50, cache=cache)
+  streams = []
+  for global_seed in (None, 0, 5):
+    tf.random.set_seed(global_seed)
+    try:
+      ds, _ = ip.training(cfg, seed=3, process_index=0, process_count=1)
+      streams.append(np.concatenate([b["id"] for b in _take(ds, 40)]))
+    finally:
+      tf.random.set_seed(None)
+  assert (streams[0][:1500] != np.arange(1500)).mean() > 0.9  # Shuffled.
+  np.testing.assert_array_equal(streams[0], streams[1])
+  np.testing.assert_array_equal(streams[0], streams[2])
+
+
 @pytest.mark.parametrize("start_step", [3, 47])  # 47*32 crosses an epoch.
 def test_training_resume_equals_uninterrupted(start_step):
   cfg = _config(pp=image_pp, batch_size=32)

@@ -6,27 +6,18 @@ TFDS reads $TFDS_DATA_DIR once, when it is imported, so a data dir set later
 ignored: the run stopped with "TFDS dataset 'cifar10' is known but not
 prepared in <the env dir> (looked in ~/tensorflow_datasets/...)".
 """
-import importlib.util
-import os
-
 import numpy as np
 import tensorflow_datasets as tfds
 
 from big_vision import datasets
-
-_RD = os.path.join(os.path.dirname(os.path.dirname(__file__)), "recipe_data.py")
-
-
-def _recipe_data():
-  spec = importlib.util.spec_from_file_location("recipe_data", _RD)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+# tests/ is on sys.path (rootdir conftest). Imported, never exec'd a second
+# time: its stand-in builders register with TFDS once per process.
+import recipe_data
 
 
 def test_data_dir_from_env_set_after_import(tmp_path, monkeypatch):
   assert tfds.core.constants.DATA_DIR != str(tmp_path)  # Read at import.
-  _recipe_data().prepare("cifar10", str(tmp_path), {"train": 6, "test": 3})
+  recipe_data.prepare("cifar10", str(tmp_path), {"train": 6, "test": 3})
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
   source = datasets.get("cifar10", "test")
   assert source.total_examples == 3
