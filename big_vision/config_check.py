@@ -228,6 +228,9 @@ TOP_LEVEL: dict[str, Check] = {
     # config.loss="combined": {objective name: weight}, checked by
     # objectives.combined_objective; the eos id of the captioning targets.
     "objectives": _optional(_mapping),
+    # Its late-training terms (local_to_global, masked_prediction): checked
+    # by self_distill.settings.
+    "self_distill": _optional(_mapping),
     "caption_eos_id": _optional(_int(0)),
 }
 

@@ -6,6 +6,7 @@ train step. Classification losses come from `big_vision.losses`; image-text
 objectives (SigLIP, CLIP) register here too, so there is one trainer.
 jax only: no tensorflow.
 """
+import dataclasses
 import functools
 import inspect
 import os
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 
 from big_vision import batch_aug
 from big_vision import losses
+from big_vision import self_distill
 from big_vision import utils
 
 
@@ -34,6 +36,41 @@ class Objective(NamedTuple):
   # True: `loss` returns (scalar, {name: scalar}); the step logs the dict
   # (e.g. each term of a "combined" objective) beside `training_loss`.
   has_aux: bool = False
+  # A train-state entry the objective keeps beside the params (SigLIP 2's
+  # EMA teacher); with it, the step calls `loss(params, batch, rng, ctx)`.
+  extra: "ExtraState | None" = None
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=("state", "step"), meta_fields=("total_steps",))
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+  """What the step hands the loss of an objective with `extra` state (a
+  pytree whose `total_steps` stays a static python int under jit)."""
+  state: Any       # The state's entry `extra.name` (not differentiated).
+  step: jax.Array  # The update's 0-based index (int32 scalar).
+  total_steps: int
+
+
+class ExtraState(NamedTuple):
+  """A train-state entry owned by an objective: checkpointed with the state
+  (a resume restores it), updated inside the jitted step after the
+  optimizer, never differentiated.
+
+  `init(params) -> tree` (at init, from the fresh params);
+  `update(entry, new_params, step, stats, total_steps) -> entry`, where
+  `stats` is what the loss returned under `aux[STATE_STATS]` (averaged over
+  micro-batches); `shardings(params shardings, replicated) -> tree`.
+  """
+  name: str
+  init: Callable[[Any], Any]
+  update: Callable[..., Any]
+  shardings: Callable[[Any, Any], Any]
+
+
+# Key of a loss's aux dict holding statistics for `ExtraState.update` (not
+# logged).
+STATE_STATS = "extra_state_stats"
 
 
 # One lambda per batch, folded to >= 0.5 (see batch_aug.mixup).
@@ -209,29 +246,54 @@ def combined_objective(config, model, loss_name, mesh=None) -> Objective:
   "captioning" is on: it predicts the training caption `labels`) feeds every
   term; the loss is sum_k w_k * term_k, and each term is logged as
   `loss/<name>` (unweighted) beside `training_loss`.
+
+  SigLIP 2's late-training terms `local_to_global` and `masked_prediction`
+  (big_vision/self_distill.py; settings in `config.self_distill`) join the
+  same sum: they run their own passes of the image tower and of an EMA
+  teacher kept in the train state (`Objective.extra`), and are exactly 0
+  before their start step.
   """
   del loss_name
   weights = {k: float(v) for k, v in dict(config.get("objectives")
                                           or {}).items()}
   if not weights:
+    names = COMBINED_TERMS.names() + list(self_distill.TERMS)
     raise ValueError("config.loss='combined' needs config.objectives = "
                      "dict(<objective>=<weight>, ...); objectives: "
-                     f"{', '.join(COMBINED_TERMS.names())}.")
+                     f"{', '.join(names)}.")
   terms = {}
   for name in weights:
-    terms[name] = COMBINED_TERMS.lookup(name)(config, mesh)
+    if name not in self_distill.TERMS:
+      terms[name] = COMBINED_TERMS.lookup(
+          name, extra_names=self_distill.TERMS)(config, mesh)
+  distill = self_distill.make(config, model, weights)
   decode = "captioning" in weights
 
-  def loss(params, batch, rng):
+  def loss(params, batch, rng, ctx: StepContext | None = None):
     kw = {"decoder_text": batch["labels"]} if decode else {}
     zimg, ztxt, out = model.apply({"params": params}, batch["image"],
                                   batch["labels"], train=True,
                                   rngs={"dropout": rng}, **kw)
     parts = {name: term(zimg, ztxt, out, batch)
              for name, term in terms.items()}
+    stats = None
+    if distill is not None:
+      if ctx is None:
+        raise ValueError("The self-distillation terms need the step's "
+                         "context (teacher, step): call loss(..., ctx).")
+      more, stats = distill.terms(params, batch, jax.random.fold_in(rng, 1),
+                                  ctx.state, ctx.step, ctx.total_steps)
+      parts.update(more)
     total = sum(weights[name] * parts[name] for name in weights)
-    return total, {f"loss/{name}": v for name, v in parts.items()}
-  return Objective(("image", "labels"), loss, has_aux=True)
+    aux = {f"loss/{name}": parts[name] for name in weights}
+    if stats is not None:
+      aux[STATE_STATS] = stats
+    return total, aux
+  extra = None
+  if distill is not None:
+    extra = ExtraState("teacher", distill.init_teacher, distill.update_teacher,
+                       distill.teacher_shardings)
+  return Objective(("image", "labels"), loss, has_aux=True, extra=extra)
 
 
 def softmax_contrastive_objective(config, model, loss_name) -> Objective:
@@ -409,6 +471,11 @@ def make(config, model, mesh=None) -> Objective:
   """The objective named by `config.loss` (default softmax_xent)."""
   name = config.get("loss", "softmax_xent")
   factory = OBJECTIVES.lookup(name)
+  if config.get("self_distill") and name != "combined":
+    raise utils.ConfigError("config.self_distill", (
+        f"its terms are terms of config.loss='combined' (got {name!r}): set "
+        "config.loss='combined' and config.objectives = dict(..., "
+        "local_to_global=w, masked_prediction=w)."))
   accum_steps = int(config.get("accum_steps", 1) or 1)
   if name == "combined" and accum_steps > 1 and any(
       k in WHOLE_BATCH_LOSSES for k in dict(config.get("objectives") or {})):

@@ -92,14 +92,17 @@ def create_model(config):
 
 
 def init_fn_for(config, model, tx, input_specs: dict[str, tuple],
-                boxed: bool = False):
-  """A function rng -> train state {"params", "opt", "step"[, "ema_params"]}.
+                boxed: bool = False, objective=None):
+  """A function rng -> train state {"params", "opt", "step"[, "ema_params"]
+  [, objective.extra.name]}.
 
   `input_specs`: {batch key: (shape, dtype)} of the model inputs, in the order
   the model takes them; the model is initialised on a batch of one.
   `boxed=True` keeps flax's logical-partitioning boxes on the params (only
-  for `jax.eval_shape`, to read the logical axis names).
+  for `jax.eval_shape`, to read the logical axis names). An `objective`
+  with `extra` state (SigLIP 2's EMA teacher) adds its entry.
   """
+  extra = getattr(objective, "extra", None)
   def init(rng):
     dummy = [jnp.zeros((1,) + tuple(shape[1:]), dtype)
              for shape, dtype in input_specs.values()]
@@ -112,6 +115,8 @@ def init_fn_for(config, model, tx, input_specs: dict[str, tuple],
              "step": jnp.zeros((), jnp.int32)}
     if config.get("ema_decay"):
       state["ema_params"] = params
+    if extra is not None:
+      state[extra.name] = extra.init(params)
     return state
   return init
 
@@ -217,7 +222,8 @@ class Program:
     return jax.random.PRNGKey(self.config.get("seed", 0))
 
   def init_fn(self):
-    return init_fn_for(self.config, self.model, self.tx, self.input_specs)
+    return init_fn_for(self.config, self.model, self.tx, self.input_specs,
+                       objective=self.objective)
 
   def init_state(self) -> dict:
     """A fresh, sharded train state; `config.model_init` loaded if set."""
@@ -229,6 +235,11 @@ class Program:
                                  state["params"])
       if "ema_params" in state:  # Own buffers: the step donates both trees.
         state["ema_params"] = jax.tree.map(jnp.copy, state["params"])
+      extra = self.objective.extra
+      if extra is not None:  # E.g. the EMA teacher starts as the loaded model.
+        state[extra.name] = jax.jit(
+            extra.init, out_shardings=self.shardings[extra.name])(
+                state["params"])
     return state
 
   def load_model_init(self, params):
@@ -247,7 +258,8 @@ class Program:
   def update_fn(self):
     """The jitted, buffer-donating train step: (state, batch) -> (state, info)."""
     return make_update_fn(self.config, self.objective, self.tx, self.mesh,
-                          self.shardings, self.schedules, self.trainable)
+                          self.shardings, self.schedules, self.trainable,
+                          total_steps=self.total_steps)
 
   def abstract_state(self):
     """The state as ShapeDtypeStructs carrying their shardings (for lower())."""
@@ -350,11 +362,12 @@ def build(config, *, mesh=None, data: tuple[int, dict] | None = None,
   else:
     tx = optax.GradientTransformation(lambda p: (), None)
     schedules, trainable = [], jax.tree.map(lambda _: True, params_shape)
-  state_shape = jax.eval_shape(init_fn_for(config, model, tx, input_specs),
-                               rng)
+  state_shape = jax.eval_shape(init_fn_for(config, model, tx, input_specs,
+                                           objective=objective), rng)
   with stage("config.sharding_strategy"):
     shardings = state_shardings(config, mesh, state_shape,
-                                sharding.logical_axes_of(boxed) or None)
+                                sharding.logical_axes_of(boxed) or None,
+                                extra=objective.extra)
   return Program(
       config=config, mesh=mesh, module=module, model=model,
       objective=objective, batch_size=batch_size, num_train_examples=ntrain,
@@ -377,13 +390,24 @@ def _make_optimizer_abstractly(config, params_shape, sched_kw):
   return tx, list(zip(names, sched_fns)), trainable
 
 
-def state_shardings(config, mesh, state_shape, logical_axes=None):
-  """Shardings of the train state from config.sharding_strategy (+ rules)."""
+def state_shardings(config, mesh, state_shape, logical_axes=None,
+                    extra: objectives.ExtraState | None = None):
+  """Shardings of the train state from config.sharding_strategy (+ rules).
+
+  An objective's `extra` entry (SigLIP 2's EMA teacher) takes its shardings
+  from the params it mirrors (`extra.shardings`), not from the strategy."""
   strategy = config.get("sharding_strategy") or [(".*", "replicate")]
+  skip = ("step",) + ((extra.name,) if extra is not None else ())
   shardings = sharding.infer_shardings(
-      mesh, {k: v for k, v in state_shape.items() if k != "step"}, strategy,
+      mesh, {k: v for k, v in state_shape.items() if k not in skip}, strategy,
       rules=config.get("sharding_rules"), logical_axes=logical_axes)
   shardings["step"] = sharding.replicated(mesh)
+  if extra is not None:
+    replicated = sharding.replicated(mesh)
+    prefix = extra.shardings(shardings["params"], replicated)
+    shardings[extra.name] = jax.tree.map(  # A sharding per leaf.
+        lambda shd, sub: jax.tree.map(lambda _: shd, sub), prefix,
+        state_shape[extra.name])
   return shardings
 
 
@@ -406,7 +430,8 @@ def learning_rates(config, schedules, t) -> dict[str, jax.Array]:
 
 
 def make_update_fn(config, objective: objectives.Objective, tx, mesh,
-                   shardings, schedules=(), trainable=None):
+                   shardings, schedules=(), trainable=None,
+                   total_steps: int | None = None):
   """The jitted, buffer-donating train step: (state, batch) -> (state, info).
 
   Only trainable parameters are differentiated: frozen ones (schedule None)
@@ -422,7 +447,16 @@ def make_update_fn(config, objective: objectives.Objective, tx, mesh,
   the sharpness-aware one: a second forward/backward pass of the same
   (accumulated) batch at perturbed trainable params, the perturbation from
   the whole batch's gradient, so accumulation still equals the large batch.
+
+  An objective with `extra` state (SigLIP 2's EMA teacher) gets
+  `objectives.StepContext(state[extra.name], step, total_steps)` as the
+  loss's 4th argument, a constant of the differentiation; after the
+  optimizer update the entry is updated by `extra.update`.
   """
+  extra = objective.extra
+  if extra is not None and total_steps is None:
+    raise ValueError("make_update_fn: an objective with extra train state "
+                     "(e.g. the self-distillation teacher) needs total_steps.")
   accum_steps = int(config.get("accum_steps") or 1)
   ema_decay = config.get("ema_decay")
   base_rng = jax.random.PRNGKey(config.get("seed", 0))
@@ -448,7 +482,7 @@ def make_update_fn(config, objective: objectives.Objective, tx, mesh,
                     for l, m in zip(leaves, mask)])
     return train, merge, full_grads
 
-  def grads_of(params, batch, rng, lr=None):
+  def grads_of(params, batch, rng, lr=None, ctx=None):
     train, merge, full_grads = split_trainable(params)
     # An objective with auxiliary outputs (`has_aux`: e.g. the terms of a
     # "combined" loss) returns (loss, {name: scalar}); the dict of the first
@@ -456,7 +490,7 @@ def make_update_fn(config, objective: objectives.Objective, tx, mesh,
     logged = {}
 
     def loss_fn(t, b, r):
-      out = objective.loss(merge(t), b, r)
+      out = objective.loss(merge(t), b, r, *(() if ctx is None else (ctx,)))
       return out if objective.has_aux else (out, {})
 
     def vg(t, b, r):
@@ -516,8 +550,12 @@ def make_update_fn(config, objective: objectives.Objective, tx, mesh,
       batch = objective.prepare(batch, rng_batch)
     params = state["params"]
     lrs = learning_rates(config, schedules, step)
+    ctx = None
+    if extra is not None:
+      ctx = objectives.StepContext(state[extra.name], step, total_steps)
     loss, train_grads, full_grads, aux = grads_of(params, batch, rng_loss,
-                                                  lrs.get("lr"))
+                                                  lrs.get("lr"), ctx)
+    stats = aux.pop(objectives.STATE_STATS, None)
     grads = full_grads(train_grads)
     updates, opt = tx.update(grads, state["opt"], params)
     new_params = optax.apply_updates(params, updates)
@@ -526,6 +564,9 @@ def make_update_fn(config, objective: objectives.Objective, tx, mesh,
       new_state["ema_params"] = jax.tree.map(
           lambda e, p: ema_decay * e + (1 - ema_decay) * p,
           state["ema_params"], new_params)
+    if extra is not None:
+      new_state[extra.name] = extra.update(state[extra.name], new_params,
+                                           step, stats, total_steps)
     train_now, _, _ = split_trainable(new_params)
     train_upd, _, _ = split_trainable(updates)
     info = {"training_loss": loss,

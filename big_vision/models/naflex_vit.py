@@ -103,7 +103,12 @@ class _Model(nn.Module):
   logical_axes: bool = False  # As vit's (see vit.py's module doc).
 
   @nn.compact
-  def __call__(self, image, *, train=False):
+  def __call__(self, image, *, train=False, patch_mask=None, mask_token=None):
+    """`patch_mask` (bool [batch, seq_len], True: masked) with `mask_token`
+    ([width]): those patches' embeddings are replaced by the token before
+    the position embedding is added (SigLIP 2's masked prediction, TIPS /
+    iBOT style); the token is a parameter of whoever masks (two_towers'
+    `distill_heads`), so the tower's parameters stay a ViT's."""
     out = {}
     ph, pw = self.patch_size
     c = self.channels
@@ -117,6 +122,10 @@ class _Model(nn.Module):
     emb = _PatchEmbed(self.width, (ph, pw, c), dtype_mm=self.dtype_mm,
                       name="embedding")
     x = out["stem"] = emb(patches.astype(dtype))
+    if patch_mask is not None:
+      if mask_token is None:
+        raise ValueError("naflex_vit: patch_mask needs a mask_token.")
+      x = jnp.where(patch_mask[..., None], mask_token.astype(x.dtype), x)
     gh, gw = self.posemb_grid
     pe = vit._posemb_learn(self, gh, gw, self.width)  # pylint: disable=protected-access
     grid_h = jnp.max(jnp.where(mask, rows, 0), axis=1) + 1

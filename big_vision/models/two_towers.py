@@ -61,6 +61,54 @@ def _normalize(z):
   return z / (norm + 1e-8), norm[..., 0]
 
 
+class _DinoHead(nn.Module):
+  """Projection into the self-distillation space (DINO-style, which SILC and
+  so SigLIP 2 follow): Dense -> GELU -> Dense (bottleneck) -> L2-normalise
+  -> Dense without bias to `dim` logits. (DINO's weight-normalised last
+  layer and its third hidden layer are left out: this project's choice.)"""
+  dim: int
+  hidden: int = 2048
+  bottleneck: int = 256
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.gelu(nn.Dense(self.hidden, name="hidden")(x.astype(jnp.float32)))
+    x = nn.Dense(self.bottleneck, name="bottleneck")(x)
+    x = x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + 1e-6)
+    return nn.Dense(self.dim, use_bias=False, name="logits")(x)
+
+
+class DistillHeads(nn.Module):
+  """SigLIP 2's self-distillation parameters (`distill_heads/...`): the head
+  of the local-to-global term (on the pooled image representation), the
+  head of the masked-prediction term (per patch token) and the mask token.
+  They are training-only: the towers never read them, and a teacher that is
+  an EMA of the image tower carries its own copy (big_vision/self_distill.py).
+  """
+  width: int            # The image tower's token width (the mask token's).
+  dim: int = 65_536     # Logits of the global (local-to-global) head.
+  patch_dim: int = 8_192  # Logits of the per-patch (masked) head.
+  hidden: int = 2048
+  bottleneck: int = 256
+
+  @nn.compact
+  def __call__(self, pooled=None, tokens=None):
+    """(mask_token [width], global logits or None, patch logits or None)."""
+    token = self.param("mask_token", nn.initializers.normal(0.02),
+                       (self.width,), jnp.float32)
+    glob = patch = None
+    if pooled is not None:
+      glob = _DinoHead(self.dim, self.hidden, self.bottleneck,
+                       name="global_head")(pooled)
+    if tokens is not None:
+      patch = _DinoHead(self.patch_dim, self.hidden, self.bottleneck,
+                        name="patch_head")(tokens)
+    return token, glob, patch
+
+
+DISTILL_HEAD_KEYS = ("dim", "patch_dim", "hidden", "bottleneck")
+
+
 class _TwoTowers(nn.Module):
   """Prefer the `Model(...)` factory, which builds and validates the towers.
 
@@ -73,6 +121,7 @@ class _TwoTowers(nn.Module):
   temperature_init: float = 10.0
   bias_init: float | None = None
   dec: nn.Module | None = None  # text_decoder over the image tokens.
+  distill_heads: nn.Module | None = None  # DistillHeads (SigLIP 2).
 
   @nn.compact
   def __call__(self, image, text=None, *, train=False, decoder_text=None):
@@ -94,6 +143,8 @@ class _TwoTowers(nn.Module):
         out["dec/logits"], _ = self.dec(
             text_decoder.shift_right(captions), tower_out["encoded"],
             tower_out.get("mask"), train=train)
+      if self.distill_heads is not None and self.is_initializing():
+        self.distill_heads(tower_out["pre_logits"], tower_out["encoded"])
     if text is not None:
       x, tower_out = self.txt(text, train=train)
       out.update({f"txt/{k}": v for k, v in tower_out.items()})
@@ -116,6 +167,26 @@ class _TwoTowers(nn.Module):
     return zimg, ztxt, out
 
 
+  def distill_logits(self, image, *, train=False, patch_mask=None,
+                     pooled=True, patches=True):
+    """The self-distillation heads on the image tower (`distill_heads`):
+    (global logits [b, dim] or None, patch logits [b, l, patch_dim] or None,
+    the tower's validity mask [b, l]). `patch_mask` (bool [b, l]): those
+    patches enter as the mask token. Reads only `img` and `distill_heads`
+    params, so an EMA teacher of those two runs it too."""
+    if self.distill_heads is None:
+      raise ValueError("The model has no self-distillation heads: set "
+                       "config.model.distill_heads = dict(...) (two_towers).")
+    kw = {}
+    if patch_mask is not None:
+      kw = dict(patch_mask=patch_mask, mask_token=self.distill_heads()[0])
+    _, out = self.img(image, train=train, **kw)
+    _, glob, patch = self.distill_heads(
+        out["pre_logits"] if pooled else None,
+        out["encoded"] if patches else None)
+    return glob, patch, out["mask"]
+
+
 def _out_dims(out_dim) -> tuple[int | None, int | None]:
   if out_dim is None or isinstance(out_dim, int):
     return out_dim, out_dim
@@ -130,7 +201,8 @@ def Model(  # pylint: disable=invalid-name
     num_classes: int | None = None, *, image_model: str = "vit",
     text_model: str = "text_transformer", image=None, text=None,
     out_dim=128, temperature_init: float = 10.0,
-    bias_init: float | None = None, decoder=None) -> _TwoTowers:
+    bias_init: float | None = None, decoder=None,
+    distill_heads=None) -> _TwoTowers:
   """Builds the two towers from their modules' names and config dicts.
 
   Args:
@@ -147,6 +219,11 @@ def Model(  # pylint: disable=invalid-name
     decoder: kwargs of a `text_decoder` (parameters under `dec/`) that
       reads the image tower's encoder tokens (SigLIP 2's LocCa-style
       captioning decoder); None: no decoder.
+    distill_heads: kwargs of `DistillHeads` (dim, patch_dim, hidden,
+      bottleneck; parameters under `distill_heads/`): the heads and mask
+      token of SigLIP 2's self-distillation terms (big_vision/
+      self_distill.py). Needs a `naflex_vit` image tower (masking works on
+      its patch sequence). None: no heads.
   """
   if num_classes is not None:
     raise ValueError(f"two_towers takes no num_classes (got {num_classes}); "
@@ -171,10 +248,31 @@ def Model(  # pylint: disable=invalid-name
   if decoder is not None:
     from big_vision.models import text_decoder  # pylint: disable=g-import-not-at-top
     dec = text_decoder.Model(**dict(decoder))
+  heads = None
+  if distill_heads is not None:
+    heads = _distill_heads(dict(distill_heads), image_model, towers["img"])
   return _TwoTowers(img=towers["img"], txt=towers["txt"],
                     temperature_init=float(temperature_init),
                     bias_init=None if bias_init is None else float(bias_init),
-                    dec=dec)
+                    dec=dec, distill_heads=heads)
+
+
+def _distill_heads(cfg, image_model, img) -> DistillHeads:
+  """DistillHeads from config.model.distill_heads, validated."""
+  for key in cfg:
+    if key not in DISTILL_HEAD_KEYS:
+      raise utils.unknown_name_error("distill_heads key", key,
+                                     DISTILL_HEAD_KEYS,
+                                     where="config.model.distill_heads")
+  if image_model != "naflex_vit":
+    raise ValueError("config.model.distill_heads needs image_model="
+                     f"'naflex_vit' (masking and local views work on its "
+                     f"patch sequence), got {image_model!r}.")
+  for key, value in cfg.items():
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"config.model.distill_heads.{key} must be an int "
+                       f">= 1, got {value!r}.")
+  return DistillHeads(width=img.width, **cfg)
 
 
 # ----------------------------------------------------------------------------
@@ -190,8 +288,8 @@ def _read(source) -> dict:
 
 
 def _is_two_tower(tree: Mapping) -> bool:
-  return bool(set(tree) & set(TOWERS)) and set(tree) <= {*TOWERS, "t", "b",
-                                                          "dec"}
+  return bool(set(tree) & set(TOWERS)) and set(tree) <= {
+      *TOWERS, "t", "b", "dec", "distill_heads"}
 
 
 def _tower_patterns(dont_load: Sequence[str], tower: str) -> list[str]:
@@ -271,6 +369,12 @@ def load(init_params: Mapping, init_files, model_cfg=None,
                      f"paths, got {init_files!r}.")
 
   restored = dict(init_params)
+  if "distill_heads" in init_params and isinstance(
+      init_files, (str, os.PathLike)) and "distill_heads" in whole:
+    # A run with self-distillation heads (training-only parameters).
+    restored["distill_heads"] = common.merge_params(
+        _unwrap(whole["distill_heads"]), init_params["distill_heads"],
+        _tower_patterns(dont_load, "distill_heads"))
   if restored_dec is not None:
     restored["dec"] = restored_dec
   for tower, key in (("img", "image"), ("txt", "text")):

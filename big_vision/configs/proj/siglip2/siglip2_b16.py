@@ -14,6 +14,23 @@ and text towers of the same size (B), 16x16 patches, MAP head; text length
 (t = log 10, b = -10) plus a LocCa-style decoder (captioning) trained in the
 same step, both weighted 1.
 
+Late training (the paper's Sec. 2.3; big_vision/self_distill.py): for the
+last 20% of the steps (`self_distill.start_fraction=0.8`) two more terms
+join, on the image tower: local-to-global consistency (SILC: 8 local views
+of each image, the student matches an EMA teacher's view of the global
+image through a head, centred / sharpened teacher softmax) and masked
+prediction (TIPS: 50% of the patches replaced by a mask token, the student
+predicts the teacher's per-patch features there). The paper weights them 1
+and 0.25 and, as we read it, scales both by a further 0.25 for B-size
+models: `local_to_global=0.25`, `masked_prediction=0.0625` here. The
+teacher starts as the student at the switch (as in the paper) and is an EMA
+after it (fixed decay, and local crops of 5-40% of the image area: SILC's).
+This project's choices, not taken from the paper (it defers to SILC / TIPS
+for them): EMA decay 0.999, local views of 6x6 patches (96px at /16),
+teacher / student temperatures 0.04 / 0.1, centre momentum 0.9, head sizes
+(65536 global, 8192 per-patch logits), and applying the terms to a NaFlex
+tower.
+
 NaFlex: images keep their aspect ratio and are resized to fit the sequence
 length (`naflex(seq_len, 16)`); the learned posemb is a 16x16 grid resized
 per image. The paper trains NaFlex at sequence lengths drawn from {128,
@@ -26,16 +43,15 @@ cited e.g. on the model cards; not reproduced here, it needs a pod and
 WebLI): 78.2% zero-shot ImageNet-1k top-1 at 224px, COCO retrieval
 52.1 (text->image) / 68.9 (image->text) recall@1.
 
-NOT in this config (see README.md's SigLIP 2 section): the late-training
-self-distillation / masked-prediction losses (the paper switches them on
-for the last 20% of training: an EMA teacher of the image tower,
-local-to-global consistency and masked patch prediction), the decoder's
+NOT in this config (see README.md's SigLIP 2 section): the decoder's
 grounded-captioning and referring-expression targets (only captioning), the
 active data curation (ACID) of the small models, the multilingual
-de-biased data mixture, and the sequence-length mixture within one run.
+de-biased data mixture, the sequence-length mixture within one run, and
+the augmentations of the self-distillation views (colour jitter, flips;
+the global view is the unaugmented training image).
 
 Args: runlocal (4 steps on the embedded shapes data, NaFlex, small
-towers), data, text_key, vocab, batch, examples (billions), seq,
+towers; the late-training terms run at the last step), data, text_key, vocab, batch, examples (billions), seq,
 eval_seqs ("128+256+576+784+1024").
 """
 import ml_collections
@@ -64,7 +80,13 @@ def get_config(arg=None):
           f"{s2_common.tokenize(64, arg.vocab, 'text')}|"
           "keep('image', 'labels')")))
   config.loss = "combined"
-  config.objectives = dict(sigmoid_contrastive=1.0, captioning=1.0)
+  # Paper: 1 and 0.25 for the late-training terms, x 0.25 for B models.
+  config.objectives = dict(sigmoid_contrastive=1.0, captioning=1.0,
+                           local_to_global=0.25, masked_prediction=0.0625)
+  config.self_distill = dict(
+      start_fraction=0.8, ema_decay=0.999, local_views=8, local_grid=6,
+      local_scale=(0.05, 0.4), mask_ratio=0.5, teacher_temp=0.04,
+      student_temp=0.1, center_momentum=0.9)
 
   tower = dict(scan=True, remat_policy="nothing_saveable",
                dtype_mm="bfloat16")
@@ -77,6 +99,8 @@ def get_config(arg=None):
       text=dict(variant="B", vocab_size=256_000, pool_type="last", **tower),
       decoder=dict(variant="B", depth=4, vocab_size=256_000,
                    dtype_mm="bfloat16"),
+      distill_heads=dict(dim=65_536, patch_dim=8192, hidden=2048,
+                         bottleneck=256),
       out_dim=768, temperature_init=10.0, bias_init=-10.0)
 
   config.optax_name = "scale_by_adam"
@@ -129,6 +153,10 @@ def get_config(arg=None):
                               pool_type="map")
     config.model.text = dict(small, vocab_size=128, pool_type="last")
     config.model.decoder = dict(small, vocab_size=128)
+    config.model.distill_heads = dict(dim=64, patch_dim=32, hidden=32,
+                                      bottleneck=16)
+    # 4 steps: the late-training terms run at the last one.
+    config.self_distill.update(local_views=2, local_grid=2)
     config.model.out_dim = 32
     config.evals = s2_common.naflex_evals(
         data=dict(name="shapes_captions_flex", split="test[:64]"),
