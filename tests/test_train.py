@@ -55,11 +55,46 @@ def runlocal_arg(config_file, tmp_path) -> str:
   return "runlocal"
 
 
+# Every config's `:runlocal` is built as train.train builds it: the config
+# check (schema, data, pp, the abstract program), one real batch through its
+# input pipeline, its evaluators, and the train step traced on that batch's
+# shapes. XLA compiles and runs the same model code in
+# test_recipes_as_written.py (every config as written); two representatives
+# also train here end to end, so the runlocal loop itself stays covered.
+RUNLOCAL_TRAINED = ("big_vision/configs/vit_i1k.py",
+                    "big_vision/configs/proj/image_text/siglip_b16.py")
+
+
 @pytest.mark.parametrize("config_file", all_config_files())
-def test_every_config_runs_two_steps_with_runlocal(config_file, tmp_path):
+def test_every_config_runlocal_builds_reads_data_and_traces(config_file,
+                                                            tmp_path):
+  # pylint: disable=g-import-not-at-top
+  from big_vision import config_check
+  from big_vision.evaluators import common as evaluators
+  from big_vision import program
+  # pylint: enable=g-import-not-at-top
   config = load_config(os.path.join(REPO, config_file),
                        runlocal_arg(config_file, tmp_path))
   assert config.total_steps <= 5, "runlocal must shrink the run"
+  prog = config_check.validate(config, str(tmp_path / "wd"))
+  batch = next(program.train_batches(config, prog.mesh, 0))
+  abstract = prog.abstract_batch()
+  assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
+      k: (v.shape, v.dtype) for k, v in abstract.items()}
+  evals = evaluators.from_config(
+      config, prog.predict_fn, prog.mesh, total_steps=prog.total_steps,
+      steps_per_epoch=prog.steps_per_epoch, batch_size=prog.batch_size)
+  assert evals, "no evaluator"
+  state, info = jax.eval_shape(prog.update_fn, prog.abstract_state(), batch)
+  assert info["training_loss"].shape == ()
+  assert jax.tree.structure(state) == jax.tree.structure(prog.abstract_state())
+
+
+@pytest.mark.parametrize("config_file", RUNLOCAL_TRAINED)
+def test_representative_runlocal_configs_train_two_steps(config_file,
+                                                         tmp_path):
+  config = load_config(os.path.join(REPO, config_file),
+                       runlocal_arg(config_file, tmp_path))
   final = train.train(config, str(tmp_path / "wd"))
   assert np.isfinite(final["training_loss"])
   lines = metric_writer.read(str(tmp_path / "wd"))
