@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(PY) tools/print_result.py --workdir $(DEMO_DIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile tests
+	$(PY) -m pytest -n 2 --dist loadfile --durations=10 tests
 
 # Build products only. Run outputs (workdirs/: checkpoints, metrics) are
 # never deleted by make clean.
