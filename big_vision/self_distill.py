@@ -8,9 +8,12 @@ r"""SigLIP 2's late-training self-distillation (Tschannen et al. 2025).
 
 From update `start_step = round(start_fraction * total_steps)` on (0-based;
 the paper: from 80% of training), two more terms join the "combined" loss,
-each logged unweighted as `loss/<name>`; before it they are exactly 0 and
-not computed at all (a `lax.cond` on the step: the first 80% of a run pays
-only for keeping the teacher a copy of the student). The paper's Sec. 2.3:
+each logged unweighted as `loss/<name>`; before it they are exactly 0 (a
+`lax.cond` on the step skips their forward passes; under differentiation
+the step still reserves, and zero-fills, the buffers the terms keep for
+their backward pass, so the memory peak is paid from step 0). The idle
+heads must not be weight-decayed (checked: see _check_heads_not_decayed).
+The paper's Sec. 2.3:
 
 * Teacher: an exponential moving average of the student's image tower and
   self-distillation heads (`img/`, `distill_heads/`), kept in the train
@@ -138,12 +141,41 @@ def settings(config, names) -> Settings | None:
     v = getattr(s, key)
     if not isinstance(v, int) or v < 1:
       _fail(key, f"must be an int >= 1, got {v!r}.")
+  _check_heads_not_decayed(config)
   scale = s.local_scale
   if len(scale) != 2 or not all(isinstance(v, (int, float)) for v in scale) \
       or not 0 < scale[0] <= scale[1] <= 1:
     _fail("local_scale", "must be (min, max) fractions of the image area "
           f"with 0 < min <= max <= 1, got {s.local_scale!r}.")
   return s
+
+
+# A representative kernel of each head (models/two_towers.DistillHeads).
+HEAD_KERNELS = tuple(f"distill_heads/{head}/{layer}/kernel"
+                     for head in ("global_head", "patch_head")
+                     for layer in ("hidden", "bottleneck", "logits"))
+
+
+def _check_heads_not_decayed(config):
+  """Refuses weight decay on `distill_heads/`.
+
+  The heads get no gradient before the switch (80% of the run in the
+  paper), but decoupled weight decay shrinks them every step regardless:
+  over a long run they decay to ~0, every logit becomes 0, both softmaxes
+  are uniform and the terms can never learn. Exclude them first in
+  config.wd_mults, e.g. `(("distill_heads/.*", 0.0), (".*/kernel$", 1.0))`.
+  """
+  if not float(config.get("wd") or 0.0):
+    return
+  rules = config.get("wd_mults", [(".*/kernel$", 1.0)]) or []
+  for name in HEAD_KERNELS:
+    if float(utils.match_rules(rules, name, default=0.0)):
+      raise utils.ConfigError("config.wd_mults", (
+          f"config.wd_mults decays {name!r} (config.wd={config.wd}). The "
+          "self-distillation "
+          "heads get no gradient until config.self_distill.start_fraction, "
+          "so weight decay would shrink them to zero by then; put "
+          "('distill_heads/.*', 0.0) first in config.wd_mults."))
 
 
 # ----------------------------------------------------------------------------

@@ -391,3 +391,37 @@ def test_terms_without_heads_name_the_model_key():
   config.model.image = dict(SMALL, patch_size=P)
   with pytest.raises(utils.ConfigError, match="naflex_vit"):
     program.build_objective(config, sharding.make_mesh(None))
+
+
+# ----------------------------------------------------------------------------
+# Weight decay on the idle heads (they get no gradient before the switch).
+# ----------------------------------------------------------------------------
+def test_head_kernel_names_are_the_models():
+  params = jax.eval_shape(
+      _model().init, jax.random.PRNGKey(0), jnp.zeros((1, L, D)),
+      jnp.zeros((1, 6), jnp.int32))["params"]
+  kernels = {n for n in utils.flatten_dict(params)
+             if n.startswith("distill_heads/") and n.endswith("/kernel")}
+  assert kernels == set(self_distill.HEAD_KERNELS)
+
+
+def test_decayed_heads_are_refused_and_the_shipped_configs_exclude_them():
+  default_decay = _config(wd=1e-4)
+  with pytest.raises(utils.ConfigError,
+                     match=r"config.wd_mults.*distill_heads/global_head"):
+    program.build_objective(default_decay, sharding.make_mesh(None))
+  excluded = _config(wd=1e-4, wd_mults=(("distill_heads/.*", 0.0),
+                                        (".*/kernel$", 1.0)))
+  program.build_objective(excluded, sharding.make_mesh(None))
+  # The shipped recipes: decay on, heads excluded (this check passes).
+  # pylint: disable=g-import-not-at-top
+  from big_vision.configs.proj.siglip2 import siglip2_b16
+  from big_vision.configs.proj.siglip2 import siglip2_demo
+  # pylint: enable=g-import-not-at-top
+  for mod in (siglip2_b16, siglip2_demo):
+    config = mod.get_config()
+    assert config.wd > 0
+    self_distill._check_heads_not_decayed(config)  # pylint: disable=protected-access
+    rules = config.wd_mults
+    assert utils.match_rules(rules, "img/Transformer/encoderblock_0/"
+                             "MlpBlock_0/Dense_0/kernel") == 1.0

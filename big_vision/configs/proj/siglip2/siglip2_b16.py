@@ -107,6 +107,9 @@ def get_config(arg=None):
   config.optax = dict(b2=0.95, mu_dtype="bfloat16")
   config.lr = 1e-3
   config.wd = 1e-4
+  # The distill heads idle (no gradient) until self_distill.start_fraction:
+  # decay would shrink them to zero by then (self_distill refuses it).
+  config.wd_mults = (("distill_heads/.*", 0.0), (".*/kernel$", 1.0))
   config.schedule = dict(warmup_steps=20_000, decay_type="cosine")
   config.grad_clip_norm = 1.0
 
