@@ -29,10 +29,10 @@ at each length, and the decoder's held-out teacher-forced next-token
 accuracy `captioning/token_acc` against `captioning/unigram_acc` (always
 predicting the most frequent caption token). Measured with the command
 above (seed 0, 600 steps, ~10 min on 2 shared CPU cores): zeroshot_16
-colour 0.954 / shape 0.522, zeroshot_64 colour 1.000 / shape 0.565
-(shape chance: 1/3), retrieval_64 i2t r@1 0.381; decoder at 36 patches:
-token_acc 0.782 vs unigram_acc 0.201, perplexity 1.94; at step 600
-loss/local_to_global 3.39 and loss/masked_prediction 2.72 (5.66 and 4.25
+colour 0.953 / shape 0.521, zeroshot_64 colour 1.000 / shape 0.566
+(shape chance: 1/3), retrieval_64 i2t r@1 0.380; decoder at 36 patches:
+token_acc 0.783 vs unigram_acc 0.201, perplexity 1.94; at step 600
+loss/local_to_global 3.28 and loss/masked_prediction 2.67 (5.60 and 4.22
 at step 500). (Without the late-training terms: colour 0.939 / 0.999.)
 
 Args: runlocal (4 steps), steps (600), batch (128), seq (36: training
