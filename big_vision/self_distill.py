@@ -184,9 +184,7 @@ def _check_heads_not_decayed(config):
 def image_grid(image):
   """(valid bool [b, l], grid rows [b], grid cols [b]) of NaFlex images."""
   _, rows, cols, valid = naflex_vit.split_input(image)
-  grid_h = jnp.max(jnp.where(valid, rows, 0), axis=1) + 1
-  grid_w = jnp.max(jnp.where(valid, cols, 0), axis=1) + 1
-  return valid, grid_h, grid_w
+  return (valid,) + naflex_vit.grid_size(rows, cols, valid)
 
 
 def view_boxes(rng, height, width, views: int, scale, ratio=(3 / 4, 4 / 3)):

@@ -55,6 +55,14 @@ def split_input(image, channels: int = 3):
   return patches, rows, cols, mask
 
 
+def grid_size(rows, cols, mask):
+  """Each image's patch grid (grid_h [b], grid_w [b]) from its tokens'
+  (row, col) positions and padding mask: the largest real row/col + 1."""
+  grid_h = jnp.max(jnp.where(mask, rows, 0), axis=1) + 1
+  grid_w = jnp.max(jnp.where(mask, cols, 0), axis=1) + 1
+  return grid_h, grid_w
+
+
 def _bilinear_coords(pos, out_size, in_size):
   """Source indices (lo, hi) and weight of hi for output positions `pos` of
   a half-pixel-centred bilinear resize from `in_size` to `out_size`."""
@@ -128,8 +136,7 @@ class _Model(nn.Module):
       x = jnp.where(patch_mask[..., None], mask_token.astype(x.dtype), x)
     gh, gw = self.posemb_grid
     pe = vit._posemb_learn(self, gh, gw, self.width)  # pylint: disable=protected-access
-    grid_h = jnp.max(jnp.where(mask, rows, 0), axis=1) + 1
-    grid_w = jnp.max(jnp.where(mask, cols, 0), axis=1) + 1
+    grid_h, grid_w = grid_size(rows, cols, mask)
     pe = resize_posemb_at(pe.reshape(gh, gw, self.width), rows, cols,
                           grid_h, grid_w)
     x = x + pe
