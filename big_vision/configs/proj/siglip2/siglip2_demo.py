@@ -62,8 +62,8 @@ def get_config(arg=None):
           f"{s2_common.tokenize(MAX_LEN, 'shapes_captions', 'text')}|"
           "keep('image', 'labels')")))
   config.loss = "combined"
-  # The late-training terms are 0 (and not computed) before
-  # self_distill.start_fraction of the steps (big_vision/self_distill.py).
+  # The late-training terms are exactly 0 before self_distill.start_fraction
+  # of the steps (big_vision/self_distill.py).
   config.objectives = dict(sigmoid_contrastive=1.0, captioning=1.0,
                            local_to_global=1.0, masked_prediction=0.25)
   config.self_distill = dict(
