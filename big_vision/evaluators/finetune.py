@@ -50,6 +50,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from big_vision import losses
 from big_vision import optax as bv_optax
@@ -187,8 +188,22 @@ class Evaluator:
       return dict(top1=jnp.sum(hit * mask), loss=jnp.sum(per_ex * mask),
                   n=jnp.sum(mask))
 
-    return dict(train_set=train_set, head_shape=head_shape, tx=tx,
-                step=jax.jit(step, donate_argnums=(0, 1)),
+    # Pinned shardings: the head and the optimizer's non-param entries
+    # replicated, the backbone copy and its optimizer entries as the params.
+    # The step then returns its state as it takes it; left to XLA, the
+    # optimizer state came back differently and every task compiled its step
+    # twice.
+    replicated = sharding.replicated(self.mesh)
+    train_shd = {"head": {"kernel": replicated, "bias": replicated},
+                 "backbone": {n: l.sharding for n, l in named
+                              if n in train_set}}
+    opt_shd = optax.tree_map_params(
+        tx, lambda _, shd: shd, jax.eval_shape(tx.init, shapes), train_shd,
+        transform_non_params=lambda _: replicated)
+    return dict(train_set=train_set, head_shape=head_shape,
+                init=jax.jit(tx.init, out_shardings=opt_shd),
+                step=jax.jit(step, donate_argnums=(0, 1),
+                             out_shardings=(train_shd, opt_shd, replicated)),
                 evaluate=jax.jit(evaluate))
 
   # --------------------------------------------------------------------------
@@ -202,7 +217,8 @@ class Evaluator:
       raise ValueError(
           f"finetune pp_train yields images of unknown shape {image_shape}; "
           "add an op that fixes it (e.g. resize(224) or a crop).")
-    key = (jax.tree.structure(params), image_shape)
+    key = (jax.tree.structure(params), image_shape,
+           tuple(l.sharding for l in jax.tree.leaves(params)))
     if key not in self._compiled:
       self._compiled[key] = self._build(params, image_shape)
     b = self._compiled[key]
@@ -217,7 +233,7 @@ class Evaluator:
         # Fresh buffers: the step donates them, the train state keeps its own.
         "backbone": {n: jnp.copy(l) for n, l in named if n in b["train_set"]},
     }
-    opt_state = b["tx"].init(trainable)
+    opt_state = b["init"](trainable)
 
     train_loss = None
     for _, batch in zip(range(self.steps), batches):

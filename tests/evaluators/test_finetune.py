@@ -82,3 +82,33 @@ def test_unknown_keys_and_layers_are_reported():
   with pytest.raises(ValueError, match="'pre_logitz' is not an output.*"
                      "pre_logits"):
     list(ev.run(state))
+
+
+def test_each_task_compiles_its_step_once():
+  """The fine-tune step keeps its state's shardings, so the second step
+  reuses the first one's executable (it compiled twice per task: the
+  optimizer state came back sharded differently from how it went in)."""
+  model, mesh, state = _tiny_state()
+  compiles = []
+
+  def listen(name, secs, **kw):
+    del secs
+    if name.endswith("backend_compile_duration"):
+      compiles.append(kw.get("fun_name"))
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    for train_params in ("all", "head"):
+      ev = finetune.Evaluator(program.make_predict_fn(model), mesh=mesh,
+                              **{k: v for k, v in ft_config(
+                                  steps=3, train_params=train_params).items()
+                                 if k != "type"})
+      del compiles[:]
+      first = dict(ev.run(state))
+      assert compiles.count("jit(step)") == 1, (train_params, compiles)
+      assert compiles.count("jit(evaluate)") == 1, (train_params, compiles)
+      del compiles[:]
+      assert dict(ev.run(state)) == first
+      assert "jit(step)" not in compiles and "jit(evaluate)" not in compiles
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
