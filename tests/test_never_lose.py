@@ -513,3 +513,39 @@ def test_two_processes_agree_on_the_preemption_step(tmp_path):
   assert chaos.wait_all(chaos.launch_processes(arg, run, 2, over)) == [0, 0]
   assert _ckpt_steps(run) == [10, 15]
   assert chaos.logged_steps(run) == [5, 10, 15]
+
+
+def test_one_process_saves_replicated_arrays_whole_without_compiling(tmp_path):
+  """With one process, arrays are written whole by one replica: no slicing
+  programs are compiled (orbax's replica-parallel default compiled one per
+  array shape), and the state reads back exactly, in its shardings."""
+  mesh = jax.make_mesh((jax.device_count(),), ("data",))
+  rep, shd = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  rng = np.random.default_rng(0)
+  state = {"params": {"w": jax.device_put(rng.normal(size=(16, 24)), rep),
+                      "b": jax.device_put(rng.normal(size=(24,)), rep),
+                      "s": jax.device_put(rng.normal(size=(8, 3)), shd)},
+           "step": jax.device_put(np.int32(3), rep)}
+  jax.block_until_ready(state)
+  compiles = []
+
+  def listen(name, secs, **kw):
+    del secs
+    if name.endswith("backend_compile_duration"):
+      compiles.append(kw.get("fun_name"))
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    ckpt = checkpoint.Checkpointer(str(tmp_path))
+    ckpt.save(1, state)
+    ckpt.close()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+  assert not compiles, compiles
+  ckpt = checkpoint.Checkpointer(str(tmp_path), read_only=True)
+  shape = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+  back = ckpt.restore(1, shape, jax.tree.map(lambda x: x.sharding, state))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(back),
+               jax.device_get(state))
+  assert jax.tree.map(lambda x: x.sharding, back) == jax.tree.map(
+      lambda x: x.sharding, state)
