@@ -228,7 +228,7 @@ class Evaluator:
     replicated = sharding.replicated(self.mesh)
     trainable = {
         "head": jax.tree.map(
-            lambda s: jax.device_put(jnp.zeros(s.shape, s.dtype), replicated),
+            lambda s: jax.device_put(np.zeros(s.shape, s.dtype), replicated),
             b["head_shape"]),
         # Fresh buffers: the step donates them, the train state keeps its own.
         "backbone": {n: jnp.copy(l) for n, l in named if n in b["train_set"]},
