@@ -112,3 +112,65 @@ def test_each_task_compiles_its_step_once():
       assert "jit(step)" not in compiles and "jit(evaluate)" not in compiles
   finally:
     jax.monitoring.unregister_event_duration_listener(listen)
+
+
+def _evaluator(model, mesh, num_classes=10, predict_fn=None, **kw):
+  cfg = {k: v for k, v in ft_config(**kw).items() if k != "type"}
+  for key in ("pp_train", "pp_eval"):
+    cfg[key] = cfg[key].replace("onehot(10,", f"onehot({num_classes},")
+  return finetune.Evaluator(predict_fn or program.make_predict_fn(model),
+                            mesh=mesh,
+                            num_classes=num_classes,
+                            **{k: v for k, v in cfg.items()
+                               if k != "num_classes"})
+
+
+@pytest.mark.parametrize("train_params", ["all", "head"])
+def test_padded_head_gives_the_unpadded_numbers(train_params, monkeypatch):
+  """The head's 118 padded outputs (10 classes -> 128) change nothing: the
+  same metrics as a head of exactly 10 outputs."""
+  model, mesh, state = _tiny_state()
+  padded = dict(_evaluator(model, mesh, steps=5,
+                           train_params=train_params).run(state))
+  monkeypatch.setattr(finetune, "HEAD_LANES", 1)
+  exact_ev = _evaluator(model, mesh, steps=5, train_params=train_params)
+  assert exact_ev.head_width == 10
+  exact = dict(exact_ev.run(state))
+  assert padded.keys() == exact.keys()
+  for k in exact:
+    np.testing.assert_allclose(padded[k], exact[k], rtol=1e-5, atol=1e-6,
+                               err_msg=k)
+
+
+def test_tasks_of_different_class_counts_share_one_compiled_step():
+  """A suite's tasks (here 10 and 7 classes) compile the step and the eval
+  once between them; each reports its own numbers."""
+  model, mesh, state = _tiny_state()
+  compiles = []
+
+  def listen(name, secs, **kw):
+    del secs
+    if name.endswith("backend_compile_duration"):
+      compiles.append(kw.get("fun_name"))
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    predict_fn = program.make_predict_fn(model)  # A suite shares it.
+    ten = dict(_evaluator(model, mesh, 10, predict_fn, steps=3).run(state))
+    seven = dict(_evaluator(model, mesh, 7, predict_fn, steps=3).run(state))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+  assert compiles.count("jit(step)") == 1, compiles
+  assert compiles.count("jit(evaluate)") == 1, compiles
+  assert ten != seven
+  for r in (ten, seven):
+    assert 0.0 <= r["prec@1"] <= 1.0 and np.isfinite(r["loss"])
+
+
+def test_labels_of_another_width_are_named():
+  model, mesh, state = _tiny_state()
+  ev = _evaluator(model, mesh, steps=1)
+  ev.num_classes = 12  # The pp still makes 10-wide one-hots.
+  ev.head_width = 128
+  with pytest.raises(ValueError, match=r"num_classes=12.*\[10\]"):
+    dict(ev.run(state))
