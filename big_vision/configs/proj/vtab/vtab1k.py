@@ -31,7 +31,10 @@ and over each group. Protocol (BiT / ViT VTAB-1k runs): no augmentation,
 images resized to 224x224, values in [-1, 1]; 2500 steps at batch 512 of
 SGD with momentum 0.9, lr 0.01 (arg `lr`; the papers pick it per task from
 {0.001, 0.003, 0.01, 0.03} on val200), cosine decay, 200 warmup steps,
-gradient clipping at norm 1.
+gradient clipping at norm 1. The fine-tune step and eval are compiled twice
+for the 19 tasks, not 19 times: `finetune` pads each head to a multiple of
+128 classes (masked out), so tasks of up to 128 classes share one program and
+sun397 (397) has the other.
 
 Metrics: evals "vtab/<task>/prec@1" (and loss, train_loss),
 "vtab/mean/prec@1", "vtab/{natural,specialized,structured}_mean/prec@1".
