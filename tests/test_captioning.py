@@ -40,15 +40,17 @@ def test_causal_mask_future_tokens_never_change_earlier_predictions():
   dec = text_decoder.Model(**DEC, attn_impl="einsum")
   img = jax.random.normal(jax.random.PRNGKey(0), (B, 5, 8))
   toks = _tokens()
-  params = _randomize(dec.init(jax.random.PRNGKey(0), toks, img)["params"])
-  logits, _ = dec.apply({"params": params}, toks, img)
+  params = _randomize(jax.jit(dec.init)(jax.random.PRNGKey(0), toks,
+                                        img)["params"])
+  apply = jax.jit(dec.apply)  # One compile, not one per op.
+  logits, _ = apply({"params": params}, toks, img)
   for t in range(LEN):
     changed = toks.at[:, t:].set((toks[:, t:] + 3) % VOCAB)
-    logits2, _ = dec.apply({"params": params}, changed, img)
+    logits2, _ = apply({"params": params}, changed, img)
     np.testing.assert_allclose(logits2[:, :t], logits[:, :t], atol=1e-5)
     assert np.abs(np.asarray(logits2[:, t] - logits[:, t])).max() > 1e-4
   # And the image matters (cross-attention is wired).
-  logits3, _ = dec.apply({"params": params}, toks, img * 2.0)
+  logits3, _ = apply({"params": params}, toks, img * 2.0)
   assert np.abs(np.asarray(logits3 - logits)).max() > 1e-4
 
 
@@ -57,10 +59,12 @@ def test_image_mask_hides_padding_tokens():
   img = jax.random.normal(jax.random.PRNGKey(0), (B, 5, 8))
   mask = jnp.asarray(np.arange(5)[None] < np.array([[2], [3], [5], [1]]))
   toks = _tokens()
-  params = _randomize(dec.init(jax.random.PRNGKey(0), toks, img)["params"])
-  a, _ = dec.apply({"params": params}, toks, img, mask)
-  b, _ = dec.apply({"params": params}, toks,
-                   jnp.where(mask[..., None], img, 7.0), mask)
+  params = _randomize(jax.jit(dec.init)(jax.random.PRNGKey(0), toks,
+                                        img)["params"])
+  apply = jax.jit(dec.apply)
+  a, _ = apply({"params": params}, toks, img, mask)
+  b, _ = apply({"params": params}, toks,
+               jnp.where(mask[..., None], img, 7.0), mask)
   np.testing.assert_allclose(a, b, atol=1e-5)
 
 
@@ -114,8 +118,8 @@ def test_combined_terms_match_numpy_and_gradient_is_weighted_sum():
   model = _model()
   batch = {"image": jax.random.normal(jax.random.PRNGKey(1), (B, 16, 16, 3)),
            "labels": _tokens(2)}
-  params = model.init(jax.random.PRNGKey(0), batch["image"][:1],
-                      batch["labels"][:1])["params"]
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), batch["image"][:1],
+                               batch["labels"][:1])["params"]
   assert set(params) == {"img", "txt", "dec", "t", "b"}
   params = _randomize(params)
   rng = jax.random.PRNGKey(0)
@@ -124,10 +128,11 @@ def test_combined_terms_match_numpy_and_gradient_is_weighted_sum():
   sig = objectives.make(_config(sigmoid_contrastive=1.0), model)
   cap = objectives.make(_config(captioning=1.0), model)
   assert both.has_aux and both.model_inputs == ("image", "labels")
-  (loss, aux) = both.loss(params, batch, rng)
+  (loss, aux) = jax.jit(both.loss)(params, batch, rng)
   # Each term against numpy, from one forward pass.
-  zimg, ztxt, out = model.apply({"params": params}, batch["image"],
-                                batch["labels"], decoder_text=batch["labels"])
+  zimg, ztxt, out = jax.jit(model.apply)(
+      {"params": params}, batch["image"], batch["labels"],
+      decoder_text=batch["labels"])
   np.testing.assert_allclose(
       aux["loss/sigmoid_contrastive"],
       _np_sigmoid_loss(zimg, ztxt, float(out["t"]), float(out["b"])),
@@ -138,7 +143,8 @@ def test_combined_terms_match_numpy_and_gradient_is_weighted_sum():
   np.testing.assert_allclose(
       loss, 0.7 * aux["loss/sigmoid_contrastive"] + 1.3 * aux["loss/captioning"],
       rtol=1e-6)
-  grad = lambda obj: jax.grad(lambda p: obj.loss(p, batch, rng)[0])(params)
+  grad = lambda obj: jax.jit(jax.grad(lambda p: obj.loss(p, batch, rng)[0]))(
+      params)
   g_both, g_sig, g_cap = grad(both), grad(sig), grad(cap)
   jax.tree.map(lambda a, s, c: np.testing.assert_allclose(
       a, 0.7 * s + 1.3 * c, rtol=1e-4, atol=1e-6), g_both, g_sig, g_cap)
@@ -219,8 +225,8 @@ def test_train_step_logs_each_term(accum_steps, naflex, weights):
   # (micro-batches average to the whole batch's mean per micro-batch).
   if accum_steps == 1 and "captioning" in weights:
     model = prog.model
-    _, _, out = model.apply({"params": params}, jnp.asarray(image),
-                            jnp.asarray(labels), decoder_text=labels)
+    _, _, out = jax.jit(model.apply)({"params": params}, jnp.asarray(image),
+                                     jnp.asarray(labels), decoder_text=labels)
     np.testing.assert_allclose(
         info["loss/captioning"],
         objectives.captioning_loss(out["dec/logits"], labels), rtol=1e-4)
