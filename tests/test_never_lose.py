@@ -522,9 +522,12 @@ def test_one_process_saves_replicated_arrays_whole_without_compiling(tmp_path):
   mesh = jax.make_mesh((jax.device_count(),), ("data",))
   rep, shd = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   rng = np.random.default_rng(0)
-  state = {"params": {"w": jax.device_put(rng.normal(size=(16, 24)), rep),
-                      "b": jax.device_put(rng.normal(size=(24,)), rep),
-                      "s": jax.device_put(rng.normal(size=(8, 3)), shd)},
+  # Shapes no other test uses (a slicing program compiled earlier in the
+  # same process would hide one compiled here), with a dimension the 8
+  # replicas divide (else orbax does not slice).
+  state = {"params": {"w": jax.device_put(rng.normal(size=(24, 40)), rep),
+                      "b": jax.device_put(rng.normal(size=(40,)), rep),
+                      "s": jax.device_put(rng.normal(size=(8, 13)), shd)},
            "step": jax.device_put(np.int32(3), rep)}
   jax.block_until_ready(state)
   compiles = []

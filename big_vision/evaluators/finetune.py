@@ -40,13 +40,17 @@ How, and why this way:
   its optimizer state live next to the training state while this runs.
 * Each run sees the same fine-tuning data in the same order (the stream is a
   function of `seed`), so numbers at different training steps are comparable.
-* The head has a multiple of HEAD_LANES (128) outputs; those past
+* The head has a multiple of `head_lanes` (default 128) outputs; those past
   `num_classes` are masked out of the logits (and the one-hot labels padded
-  with zeros), so they get zero probability and zero gradient, stay zero, and
-  change no number. Tasks that differ only in their class count then share
-  one compiled step and eval (VTAB-1k: 2 compiles for its 19 tasks, not 19;
-  a ViT-B fine-tune step takes about a minute to compile). TPUs pad a
-  matrix to 128 lanes anyway.
+  with zeros), so they get zero probability and zero gradient, and their
+  updates are zeroed, so they stay exactly 0. Tasks that differ only in
+  their class count then share one compiled step and eval (VTAB-1k: 2
+  compiles for its 19 tasks, not 19; a ViT-B fine-tune step takes about a
+  minute to compile). TPUs pad a matrix to 128 lanes anyway. With
+  element-wise optimizers (SGD, momentum, Adam) the numbers are those of an
+  exact-width head; optimizers that mix entries of a matrix (Adafactor's
+  factored moments, block-RMS clipping) see the wider matrix and give
+  slightly different numbers: set head_lanes=1 for an exact-width head.
 
 Metrics: `prec@1` and `loss` of the fine-tuned model on `test_data`, and
 `train_loss` (the last fine-tuning step's).
@@ -66,7 +70,7 @@ from big_vision import sharding
 from big_vision import utils
 from big_vision.evaluators import common
 
-HEAD_LANES = 128
+HEAD_LANES = 128  # The default head_lanes.
 # Compiled fine-tunes shared by every evaluator (all tasks of a suite) with
 # the same backbone, data shapes and settings; the newest few are kept.
 _COMPILED = collections.OrderedDict()
@@ -114,7 +118,8 @@ class Evaluator:
                optimizer: Mapping[str, Any] | None = None,
                representation_layer: str = "pre_logits",
                loss_name: str = "softmax_xent", label_key: str = "labels",
-               shuffle_buffer_size: int = 50_000, seed: int = 0):
+               shuffle_buffer_size: int = 50_000, seed: int = 0,
+               head_lanes: int = HEAD_LANES):
     if int(steps) < 1:
       raise ValueError(f"finetune steps must be >= 1, got {steps}.")
     self.predict_fn, self.mesh = predict_fn, mesh
@@ -128,7 +133,9 @@ class Evaluator:
     self.shuffle_buffer_size, self.seed = shuffle_buffer_size, seed
     self.loss_fn = losses.get(loss_name)
     self.optimizer = {**DEFAULT_OPTIMIZER, **dict(optimizer or {})}
-    self.head_width = -(-self.num_classes // HEAD_LANES) * HEAD_LANES
+    if int(head_lanes) < 1:
+      raise ValueError(f"finetune head_lanes must be >= 1, got {head_lanes}.")
+    self.head_width = -(-self.num_classes // int(head_lanes)) * int(head_lanes)
     self._train_ds = None  # Built on first use: no data read at config time.
     self._pp_eval = None
 
@@ -151,12 +158,16 @@ class Evaluator:
   def _padding_labels(self, pp: str):
     """`pp`, then the one-hot labels padded with zeros to the head's width."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from big_vision.pp import builder  # pylint: disable=g-import-not-at-top
-    pp_fn = builder.get_preprocess_fn(pp)
+    from big_vision import input_pipeline  # pylint: disable=g-import-not-at-top
+    pp_fn = input_pipeline.get_pp_fn(pp)
     pad = self.head_width - self.num_classes
 
     def padded(example):
       out = pp_fn(example)
+      if self.label_key not in out:
+        raise ValueError(
+            f"finetune label_key={self.label_key!r} is not an output of its "
+            f"pp {pp!r}; it has {sorted(out)}.")
       labels = out[self.label_key]
       if labels.shape.rank != 1 or labels.shape[0] != self.num_classes:
         raise ValueError(
@@ -213,6 +224,11 @@ class Evaluator:
       value, grads = jax.value_and_grad(loss)(trainable, frozen, batch,
                                               num_classes)
       updates, opt_state = tx.update(grads, opt_state, trainable)
+      # The padded classes get no update from any optimizer (their gradient
+      # is 0; a factored one could still return 0 * inf there).
+      real = jnp.arange(self.head_width) < num_classes
+      updates["head"] = jax.tree.map(lambda u: jnp.where(real, u, 0.0),
+                                     updates["head"])
       trainable = jax.tree.map(jnp.add, trainable, updates)
       return trainable, opt_state, value
 
@@ -236,9 +252,14 @@ class Evaluator:
     train_shd = {"head": {"kernel": replicated, "bias": replicated},
                  "backbone": {n: l.sharding for n, l in named
                               if n in train_set}}
+    # State entries shaped like their param (momenta) are sharded like it;
+    # others (Adafactor's row/column statistics, counts) are replicated.
     opt_shd = optax.tree_map_params(
-        tx, lambda _, shd: shd, jax.eval_shape(tx.init, shapes), train_shd,
-        transform_non_params=lambda _: replicated)
+        tx, lambda v, shd, p: (v if isinstance(v, optax.MaskedNode) else
+                               shd if v.shape == p.shape else replicated),
+        jax.eval_shape(tx.init, shapes), train_shd, shapes,
+        transform_non_params=lambda _: replicated,
+        is_leaf=lambda x: isinstance(x, optax.MaskedNode))
     return dict(train_set=train_set, head_shape=head_shape,
                 init=jax.jit(tx.init, out_shardings=opt_shd),
                 step=jax.jit(step, donate_argnums=(0, 1),
@@ -249,7 +270,10 @@ class Evaluator:
   # The evaluation.
   # --------------------------------------------------------------------------
   def run(self, train_state):
-    params = train_state["params"]
+    replicated = sharding.replicated(self.mesh)
+    params = jax.tree.map(  # Host (numpy) params: onto the devices.
+        lambda l: l if isinstance(l, jax.Array) else jax.device_put(
+            l, replicated), train_state["params"])
     spec, batches = self._train_batches()
     image_shape = tuple(spec["image"].shape[1:])
     if None in image_shape:
@@ -274,7 +298,6 @@ class Evaluator:
 
     named, _ = utils.tree_flatten_with_names(params)
     frozen = {n: l for n, l in named if n not in b["train_set"]}
-    replicated = sharding.replicated(self.mesh)
     trainable = {
         "head": jax.tree.map(
             lambda s: jax.device_put(np.zeros(s.shape, s.dtype), replicated),
@@ -290,7 +313,8 @@ class Evaluator:
                                                    frozen, batch, num_classes)
 
     totals = None
-    if self._pp_eval is None:  # One function: the eval data is cached by it.
+    if self._pp_eval is None:  # One function object for every run: the
+      # input pipeline reuses what it built for the same pp function.
       self._pp_eval = self._padding_labels(self.pp_eval)
     for batch in common.eval_batches(self.test_data, self._pp_eval,
                                      self.eval_batch_size, self.mesh):

@@ -126,14 +126,14 @@ def _evaluator(model, mesh, num_classes=10, predict_fn=None, **kw):
 
 
 @pytest.mark.parametrize("train_params", ["all", "head"])
-def test_padded_head_gives_the_unpadded_numbers(train_params, monkeypatch):
+def test_padded_head_gives_the_unpadded_numbers(train_params):
   """The head's 118 padded outputs (10 classes -> 128) change nothing: the
   same metrics as a head of exactly 10 outputs."""
   model, mesh, state = _tiny_state()
   padded = dict(_evaluator(model, mesh, steps=5,
                            train_params=train_params).run(state))
-  monkeypatch.setattr(finetune, "HEAD_LANES", 1)
-  exact_ev = _evaluator(model, mesh, steps=5, train_params=train_params)
+  exact_ev = _evaluator(model, mesh, steps=5, train_params=train_params,
+                        head_lanes=1)
   assert exact_ev.head_width == 10
   exact = dict(exact_ev.run(state))
   assert padded.keys() == exact.keys()
@@ -174,3 +174,37 @@ def test_labels_of_another_width_are_named():
   ev.head_width = 128
   with pytest.raises(ValueError, match=r"num_classes=12.*\[10\]"):
     dict(ev.run(state))
+
+
+def test_sharded_backbone_factored_optimizer_and_frozen_group():
+  """Optimizer state not shaped like the params (Adafactor's factored
+  statistics of an fsdp-style sharded kernel) and a frozen group (a None
+  schedule: masked state): the step compiles once and stays finite."""
+  model, mesh, state = _tiny_state()
+  name = "Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel"
+  params = state["params"]
+  block = params["Transformer"]["encoderblock_0"]["MlpBlock_0"]["Dense_0"]
+  assert block["kernel"].shape == (32, 64), name
+  block["kernel"] = jax.device_put(
+      block["kernel"],
+      jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None,
+                                                                  "data")))
+  compiles = []
+
+  def listen(name, secs, **kw):
+    del secs
+    if name.endswith("backend_compile_duration"):
+      compiles.append(kw.get("fun_name"))
+
+  optimizer = dict(
+      optax_name="big_vision.scale_by_adafactor", lr=0.01,
+      schedule=[("backbone/Transformer/encoderblock_0/MultiHead.*", None),
+                (".*", dict(decay_type="cosine"))])
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    results = dict(_evaluator(model, mesh, steps=3, train_params="all",
+                              optimizer=optimizer).run(state))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+  assert compiles.count("jit(step)") == 1, compiles
+  assert all(np.isfinite(v) for v in results.values()), results
