@@ -140,9 +140,11 @@ def test_sgd_update_equals_logged_lr_times_gradient():
   for _ in range(3):
     before = np.asarray(state["params"]["head"]["bias"])
     step = int(state["step"])
-    grads = jax.grad(lambda p: prog.objective.loss(
+    # Jitted: one program, not dozens of eager ops on 8-device arrays (a
+    # worker once aborted inside one of them, in XLA, under a full suite).
+    grads = jax.jit(jax.grad(lambda p: prog.objective.loss(
         p, batch, jax.random.split(jax.random.fold_in(
-            prog.rng, step))[1]))(state["params"])
+            prog.rng, step))[1])))(state["params"])
     state, info = prog.update_fn(state, batch)
     moved = np.asarray(state["params"]["head"]["bias"]) - before
     np.testing.assert_allclose(
