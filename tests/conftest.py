@@ -41,3 +41,21 @@ def _no_leaked_tf_global_seed():
   tf = sys.modules.get("tensorflow")
   if tf is not None and hasattr(tf, "random"):
     tf.random.set_seed(None)
+
+
+@pytest.fixture
+def compiled():
+  """The names (e.g. "jit(step)") of the XLA compiles during the test, from
+  jax's own monitoring events; tests clear it (`del compiled[:]`) to count
+  from a later point."""
+  import jax  # pylint: disable=g-import-not-at-top
+  names = []
+
+  def listen(name, secs, **kw):
+    del secs
+    if name.endswith("backend_compile_duration"):
+      names.append(kw.get("fun_name"))
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  yield names
+  jax.monitoring.unregister_event_duration_listener(listen)

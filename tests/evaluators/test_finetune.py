@@ -84,34 +84,23 @@ def test_unknown_keys_and_layers_are_reported():
     list(ev.run(state))
 
 
-def test_each_task_compiles_its_step_once():
+def test_each_task_compiles_its_step_once(compiled):
   """The fine-tune step keeps its state's shardings, so the second step
   reuses the first one's executable (it compiled twice per task: the
   optimizer state came back sharded differently from how it went in)."""
   model, mesh, state = _tiny_state()
-  compiles = []
-
-  def listen(name, secs, **kw):
-    del secs
-    if name.endswith("backend_compile_duration"):
-      compiles.append(kw.get("fun_name"))
-
-  jax.monitoring.register_event_duration_secs_listener(listen)
-  try:
-    for train_params in ("all", "head"):
-      ev = finetune.Evaluator(program.make_predict_fn(model), mesh=mesh,
-                              **{k: v for k, v in ft_config(
-                                  steps=3, train_params=train_params).items()
-                                 if k != "type"})
-      del compiles[:]
-      first = dict(ev.run(state))
-      assert compiles.count("jit(step)") == 1, (train_params, compiles)
-      assert compiles.count("jit(evaluate)") == 1, (train_params, compiles)
-      del compiles[:]
-      assert dict(ev.run(state)) == first
-      assert "jit(step)" not in compiles and "jit(evaluate)" not in compiles
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listen)
+  for train_params in ("all", "head"):
+    ev = finetune.Evaluator(program.make_predict_fn(model), mesh=mesh,
+                            **{k: v for k, v in ft_config(
+                                steps=3, train_params=train_params).items()
+                               if k != "type"})
+    del compiled[:]
+    first = dict(ev.run(state))
+    assert compiled.count("jit(step)") == 1, (train_params, compiled)
+    assert compiled.count("jit(evaluate)") == 1, (train_params, compiled)
+    del compiled[:]
+    assert dict(ev.run(state)) == first
+    assert "jit(step)" not in compiled and "jit(evaluate)" not in compiled
 
 
 def _evaluator(model, mesh, num_classes=10, predict_fn=None, **kw):
@@ -142,26 +131,15 @@ def test_padded_head_gives_the_unpadded_numbers(train_params):
                                err_msg=k)
 
 
-def test_tasks_of_different_class_counts_share_one_compiled_step():
+def test_tasks_of_different_class_counts_share_one_compiled_step(compiled):
   """A suite's tasks (here 10 and 7 classes) compile the step and the eval
   once between them; each reports its own numbers."""
   model, mesh, state = _tiny_state()
-  compiles = []
-
-  def listen(name, secs, **kw):
-    del secs
-    if name.endswith("backend_compile_duration"):
-      compiles.append(kw.get("fun_name"))
-
-  jax.monitoring.register_event_duration_secs_listener(listen)
-  try:
-    predict_fn = program.make_predict_fn(model)  # A suite shares it.
-    ten = dict(_evaluator(model, mesh, 10, predict_fn, steps=3).run(state))
-    seven = dict(_evaluator(model, mesh, 7, predict_fn, steps=3).run(state))
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listen)
-  assert compiles.count("jit(step)") == 1, compiles
-  assert compiles.count("jit(evaluate)") == 1, compiles
+  predict_fn = program.make_predict_fn(model)  # A suite shares it.
+  ten = dict(_evaluator(model, mesh, 10, predict_fn, steps=3).run(state))
+  seven = dict(_evaluator(model, mesh, 7, predict_fn, steps=3).run(state))
+  assert compiled.count("jit(step)") == 1, compiled
+  assert compiled.count("jit(evaluate)") == 1, compiled
   assert ten != seven
   for r in (ten, seven):
     assert 0.0 <= r["prec@1"] <= 1.0 and np.isfinite(r["loss"])
@@ -176,7 +154,7 @@ def test_labels_of_another_width_are_named():
     dict(ev.run(state))
 
 
-def test_sharded_backbone_factored_optimizer_and_frozen_group():
+def test_sharded_backbone_factored_optimizer_and_frozen_group(compiled):
   """Optimizer state not shaped like the params (Adafactor's factored
   statistics of an fsdp-style sharded kernel) and a frozen group (a None
   schedule: masked state): the step compiles once and stays finite."""
@@ -189,22 +167,11 @@ def test_sharded_backbone_factored_optimizer_and_frozen_group():
       block["kernel"],
       jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None,
                                                                   "data")))
-  compiles = []
-
-  def listen(name, secs, **kw):
-    del secs
-    if name.endswith("backend_compile_duration"):
-      compiles.append(kw.get("fun_name"))
-
   optimizer = dict(
       optax_name="big_vision.scale_by_adafactor", lr=0.01,
       schedule=[("backbone/Transformer/encoderblock_0/MultiHead.*", None),
                 (".*", dict(decay_type="cosine"))])
-  jax.monitoring.register_event_duration_secs_listener(listen)
-  try:
-    results = dict(_evaluator(model, mesh, steps=3, train_params="all",
-                              optimizer=optimizer).run(state))
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listen)
-  assert compiles.count("jit(step)") == 1, compiles
+  results = dict(_evaluator(model, mesh, steps=3, train_params="all",
+                            optimizer=optimizer).run(state))
+  assert compiled.count("jit(step)") == 1, compiled
   assert all(np.isfinite(v) for v in results.values()), results
