@@ -2,14 +2,23 @@
 
 Eight virtual CPU devices, so that data-parallel and sharded code paths are
 exercised on every run (DESIGN.md: multi-device behaviour is tested with
-`--xla_force_host_platform_device_count=8`). Must run before jax is imported.
+`--xla_force_host_platform_device_count=8`), compiling at LLVM's -O0 except
+where a test trains long enough to need optimised code (xla_opt.py). Must run
+before jax is imported.
 """
 import os
 import tempfile
 
-_flag = "--xla_force_host_platform_device_count=8"
-if _flag not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+import xla_opt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# XLA flags of the test processes (and of the trainers they launch, which
+# inherit $XLA_FLAGS); a flag already in $XLA_FLAGS is left as it is. The
+# fast-compile level and the tests exempt from it: xla_opt.py.
+for _flag in ("--xla_force_host_platform_device_count=8",
+              xla_opt.FAST_COMPILE_FLAG):
+  if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " +
+                               _flag).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Keep tensorflow from grabbing accelerators or all host threads in tests.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -41,6 +50,17 @@ def _no_leaked_tf_global_seed():
   tf = sys.modules.get("tensorflow")
   if tf is not None and hasattr(tf, "random"):
     tf.random.set_seed(None)
+
+
+@pytest.fixture(autouse=True)
+def _xla_optimized_marker(request):
+  """`@pytest.mark.xla_optimized`: the test's jits compile at XLA's default
+  optimisation level (xla_opt.py says why and which tests)."""
+  if request.node.get_closest_marker("xla_optimized") is None:
+    yield
+    return
+  with xla_opt.optimized():
+    yield
 
 
 @pytest.fixture

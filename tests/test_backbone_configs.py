@@ -35,6 +35,7 @@ def load_config(name, arg=None):
   return mod, mod.get_config(arg)
 
 
+@pytest.mark.xla_optimized  # Hundreds of steps: run time, not compile time.
 @pytest.mark.parametrize("name", ["mlp_mixer_i1k", "bit_i1k",
                                   "vit_hybrid_i1k"])
 def test_digits_setting_reaches_90_percent(name, tmp_path):

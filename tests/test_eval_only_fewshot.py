@@ -19,6 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import eval_only  # pylint: disable=g-import-not-at-top,wrong-import-position
 from test_train import load_config  # pylint: disable=wrong-import-position
+import xla_opt  # pylint: disable=wrong-import-position
 
 
 def digits_config(steps):
@@ -37,7 +38,8 @@ def digits_config(steps):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("fewshot"))
-  final = train.train(digits_config(150), workdir)
+  with xla_opt.optimized():  # 150 steps: run time, not compile time.
+    final = train.train(digits_config(150), workdir)
   return workdir, final
 
 

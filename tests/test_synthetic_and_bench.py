@@ -365,6 +365,7 @@ def _digits_accuracy(dtype_mm, workdir):
   return train.train(config, str(workdir))["test/prec@1"]
 
 
+@pytest.mark.xla_optimized  # Two digits trainings: run time, not compile time.
 def test_bfloat16_matmuls_reach_float32_accuracy_on_digits(tmp_path):
   f32 = _digits_accuracy("float32", tmp_path / "f32")
   bf16 = _digits_accuracy("bfloat16", tmp_path / "bf16")

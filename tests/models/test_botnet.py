@@ -161,6 +161,7 @@ def test_config_builds_the_published_model(arg, count):
   assert utils.tree_count(_abstract_params(model)) == count
 
 
+@pytest.mark.xla_optimized  # Hundreds of steps: run time, not compile time.
 def test_digits_config_reaches_90_percent(tmp_path):
   mod = _config_module()
   config = mod.get_config("digits")
