@@ -79,3 +79,31 @@ def compiled():
   jax.monitoring.register_event_duration_secs_listener(listen)
   yield names
   jax.monitoring.unregister_event_duration_listener(listen)
+
+
+# `make test-quick` runs `-m "not slow"`: the suite without the tests that
+# train end to end, launch trainers or train to an accuracy (those compile
+# and run whole train steps: ~85% of the suite's time). `make test` runs
+# everything. A module here is slow as a whole; single tests by node id (no
+# parameters); every `xla_optimized` test (it trains for hundreds of steps).
+SLOW_MODULES = frozenset(f"tests/{m}.py" for m in (
+    "test_recipes_as_written", "test_backbone_configs",
+    "test_image_text_train", "test_never_lose", "test_synthetic_and_bench",
+    "test_train", "test_captioning", "test_transfer", "test_program",
+    "test_eval_only_fewshot", "test_accum_ema", "test_multihost", "test_sam",
+    "test_siglip2_distill", "evaluators/test_finetune", "test_sharding",
+    "test_plan", "test_vtab1k", "test_distill"))
+SLOW_TESTS = frozenset((
+    "tests/test_siglip2.py::test_evaluators_run_a_naflex_tower_at_several_sequence_lengths",
+    "tests/test_config_check.py::test_cli_prints_one_error_line_and_exits_2",
+    "tests/models/test_vit_hybrid.py::test_hybrid_forward_shapes_and_stem_output",
+))
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    module, _, name = item.nodeid.partition("::")
+    if (module in SLOW_MODULES or f"{module}::{name.split('[')[0]}" in
+        SLOW_TESTS or item.get_closest_marker("xla_optimized") is not None):
+      item.add_marker(pytest.mark.slow)
