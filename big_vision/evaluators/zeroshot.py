@@ -36,6 +36,7 @@ write token ids to "labels" (the tokenize op's defaults).
 `predict_fn(params, image, text)` -> (zimg, ztxt, out) with either input
 None; embeddings are L2-normalised by the model.
 """
+import hashlib
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -143,6 +144,35 @@ class _Task:
     self.prompts = prompts
     texts = [p.format(c) for c in self.class_names for p in prompts]
     self.tokens = tokenize_texts(texts, pp_txt)
+    # What the class embeddings depend on besides the model.
+    self.tokens_key = (len(self.class_names), len(prompts), self.tokens.shape,
+                       hashlib.sha256(self.tokens.tobytes()).hexdigest())
+
+
+class _EmbeddingsOfLatestParams:
+  """Results computed from one params tree, dropped when the params change.
+
+  The params are recognised by identity (`is`) of their leaves, which this
+  object keeps alive, so an id cannot be reused by other arrays: evaluators
+  of one eval round get the same arrays; the next round gets the next step's
+  (or, when the train step donated them, the held ones are deleted arrays,
+  which hold no memory and never match again).
+  """
+
+  def __init__(self):
+    self._leaves, self._values = None, {}
+
+  def get(self, params, key, compute):
+    leaves = jax.tree.leaves(params)
+    if self._leaves is None or len(leaves) != len(self._leaves) or any(
+        a is not b for a, b in zip(leaves, self._leaves)):
+      self._leaves, self._values = leaves, {}
+    if key not in self._values:
+      self._values[key] = compute()
+    return self._values[key]
+
+
+_SHARED_CLASS_EMBEDDINGS = _EmbeddingsOfLatestParams()
 
 
 class Evaluator:
@@ -180,7 +210,17 @@ class Evaluator:
     self.embed_image = common.compiled_predict(predict_fn, "zimg")
 
   def class_embeddings(self, params, task: _Task) -> np.ndarray:
-    """[num_classes, D]: the renormalised mean of each class's prompts."""
+    """[num_classes, D]: the renormalised mean of each class's prompts.
+
+    Shared by the zero-shot evaluators of a run (_SHARED_CLASS_EMBEDDINGS):
+    SigLIP 2's ImageNet evaluators at 256, 576 and 1024 patches embed the
+    same 1000 classes x prompts with the same text tower.
+    """
+    key = (self.embed_text, task.tokens_key, self.batch_size, self.mesh)
+    return _SHARED_CLASS_EMBEDDINGS.get(params, key, lambda: self._embed(
+        params, task))
+
+  def _embed(self, params, task: _Task) -> np.ndarray:
     z = embed_texts(self.embed_text, params, task.tokens, self.batch_size,
                     self.mesh)
     z = z.reshape(len(task.class_names), len(task.prompts), -1).mean(1)

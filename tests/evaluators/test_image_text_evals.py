@@ -222,3 +222,44 @@ def test_contrastive_evaluator_runs_on_a_split(mesh):
   with pytest.raises(ValueError, match="Did you mean 'softmax_contrastive'"):
     contrastive.Evaluator(text_pixel_model(), mesh=mesh, data=SMALL,
                           pp_fn=pp, loss_name="softmax_contrastiv")
+
+
+def test_zeroshot_evaluators_of_one_round_embed_the_class_names_once(
+    mesh, monkeypatch):
+  """Two evaluators (SigLIP 2's at several image sequence lengths) on the
+  same params embed the same prompts once; new params embed them again."""
+  names = shapes_captions.SHAPES
+  base = fake_zeroshot_model(names)
+  embedded = []
+  real_embed_texts = zeroshot.embed_texts
+  monkeypatch.setattr(zeroshot, "embed_texts", lambda *a: embedded.append(
+      len(a[2])) or real_embed_texts(*a))
+
+  def predict_fn(params, image, text):
+    zimg, ztxt, out = base(params, image, text)
+    return zimg, ztxt * params["scale"] if ztxt is not None else None, out
+
+  def evaluator():
+    return zeroshot.Evaluator(
+        predict_fn, mesh=mesh, data=SMALL, pp_img="copy('shape', 'image')",
+        pp_txt=TOKENIZE, batch_size=64,
+        datasets={"shape": dict(label_key="shape")},
+        prompts=("a {}", "a picture of a {}"))
+
+  ev1, ev2 = evaluator(), evaluator()
+  params = {"scale": jnp.ones(())}
+  first = dict(ev1.run({"params": params}))
+  emb = ev1.class_embeddings(params, ev1.tasks[0])
+  assert dict(ev2.run({"params": params})) == first == {"shape/top1": 1.0}
+  assert ev2.class_embeddings(params, ev2.tasks[0]) is emb
+  assert embedded == [len(names) * 2]  # 3 shapes x 2 prompts, once.
+  # New params (same values, new arrays): embedded anew, same numbers.
+  again = ev2.class_embeddings({"scale": jnp.ones(())}, ev2.tasks[0])
+  assert again is not emb and len(embedded) == 2
+  np.testing.assert_array_equal(again, emb)
+  # Other prompts are other texts: their own entry.
+  other = zeroshot.Evaluator(
+      predict_fn, mesh=mesh, data=SMALL, pp_img="copy('shape', 'image')",
+      pp_txt=TOKENIZE, batch_size=64, datasets={"shape": dict(
+          label_key="shape")}, prompts=("a {}",))
+  assert other.tasks[0].tokens_key != ev1.tasks[0].tokens_key
