@@ -201,7 +201,11 @@ CASES = [
     Case("proj/siglip2/siglip2_b16.py", "vocab={spm}",
          overrides=_TOWERS_TINY + (
              ("model.decoder.variant", "mu", "B decoder -> width 32"),
-             ("model.decoder.depth", 1, "4 decoder blocks -> 1"),),
+             ("model.decoder.depth", 1, "4 decoder blocks -> 1"),
+             *((f"model.{m}.vocab_size", 256,
+                f"{m} vocabulary 256,000 (Gemma) -> 256: the stand-in spm "
+                "has 200 pieces; 256k-way decoder logits of 8 x 64 tokens "
+                "are 0.5 GB per tensor") for m in ("text", "decoder")),),
          metrics=("zeroshot_256/imagenet/top1",
                   "retrieval_coco_256/i2t/r@1")),
     Case("proj/image_text/lit_b16b.py", "img={vit_mu16_npz},vocab={spm}",
