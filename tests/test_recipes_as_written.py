@@ -6,8 +6,9 @@ it with, keeps its own pp strings, dataset names and splits, evaluators,
 schedule, mesh and sharding, and shrinks only sizes:
 
 * SHRINK (every case): total_steps=2 (total_epochs / total_examples
-  dropped), input.batch_size=8 and every evaluator's batch_size=8 (one
-  example per virtual device), and every evaluator runs once, at the last
+  dropped), input.batch_size=8 (one example per virtual device), every
+  evaluator's batch_size at most 64 (the embedded datasets' test splits
+  have hundreds of examples), and every evaluator runs once, at the last
   step (skip_first=True; by default they also run at step 0).
 * the case's own `overrides` (dotted key -> value), each with the reason:
   the model's size where a 2-core CPU needs it, and generated stand-ins of
@@ -47,6 +48,7 @@ CONFIG_DIR = os.path.join(REPO, "big_vision", "configs")
 DELETE = object()  # An override value that removes the key.
 STEPS = 2
 BATCH = 8
+EVAL_BATCH = 64  # 8 per virtual device: whole embedded test splits in few steps.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,7 +303,7 @@ def shrink(config):
   config.input.batch_size = BATCH
   for ev in (config.get("evals") or {}).values():
     if "batch_size" in ev:
-      ev.batch_size = BATCH
+      ev.batch_size = min(ev.batch_size, EVAL_BATCH)
     ev.skip_first = True  # Once, at the last step (not also at step 0).
 
 
