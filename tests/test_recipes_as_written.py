@@ -6,10 +6,11 @@ it with, keeps its own pp strings, dataset names and splits, evaluators,
 schedule, mesh and sharding, and shrinks only sizes:
 
 * SHRINK (every case): total_steps=2 (total_epochs / total_examples
-  dropped), input.batch_size=8 (one example per virtual device), every
-  evaluator's batch_size at most 64 (the embedded datasets' test splits
-  have hundreds of examples), and every evaluator runs once, at the last
-  step (skip_first=True; by default they also run at step 0).
+  dropped), input.batch_size=8 and every evaluator's batch_size=8 (one
+  example per virtual device; at most 64 for the recipes on embedded data,
+  whose test splits have hundreds of examples), and every evaluator runs
+  once, at the last step (skip_first=True; by default they also run at
+  step 0).
 * the case's own `overrides` (dotted key -> value), each with the reason:
   the model's size where a 2-core CPU needs it, and generated stand-ins of
   files that cannot exist offline (released checkpoints, the c4_en
@@ -48,7 +49,7 @@ CONFIG_DIR = os.path.join(REPO, "big_vision", "configs")
 DELETE = object()  # An override value that removes the key.
 STEPS = 2
 BATCH = 8
-EVAL_BATCH = 64  # 8 per virtual device: whole embedded test splits in few steps.
+EMBEDDED_EVAL_BATCH = 64  # 8 per virtual device (Case.embedded_data).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Case:
   arg: str | None = None      # the `:arg` users launch (may name {files})
   overrides: Any = ()         # ((dotted key, value, why), ...)
   metrics: tuple = ()         # metric names that must appear (besides SHRINK's)
+  embedded_data: bool = False  # evaluates on embedded data (digits, shapes)
   xfail: str | None = None    # reason, for a bug in a file owned elsewhere
 
   @property
@@ -123,7 +125,8 @@ def _vtab_overrides():
   return tuple(out)
 
 CASES = [
-    Case("vit_digits.py", metrics=("test/prec@1", "fewshot/digits_10shot")),
+    Case("vit_digits.py", embedded_data=True,
+         metrics=("test/prec@1", "fewshot/digits_10shot")),
     Case("vit_i1k.py", overrides=(_VIT_MU16,),
          metrics=("minival/prec@1", "val/prec@1")),
     Case("vit_i1k.py", "variant=S/16,randaug=2,10", overrides=(_VIT_MU16,),
@@ -186,7 +189,7 @@ CASES = [
          overrides=(_VIT_MU16,)),
     Case("bench/siglip_b16.py", "batch_size=8,steps=2,res=64",
          overrides=_TOWERS_TINY),
-    Case("proj/image_text/siglip_demo.py",
+    Case("proj/image_text/siglip_demo.py", embedded_data=True,
          metrics=("zeroshot/color/top1", "zeroshot/shape/top1",
                   "retrieval/i2t/r@1")),
     Case("proj/image_text/siglip_b16.py", "vocab={spm}", overrides=_TOWERS_TINY,
@@ -194,7 +197,7 @@ CASES = [
                   "zeroshot/pets/top1", "retrieval_coco/i2t/r@1")),
     # SigLIP 2 demo: embedded shapes_captions_flex (NaFlex at 16 and 64
     # patches, the captioning decoder); nothing to shrink.
-    Case("proj/siglip2/siglip2_demo.py",
+    Case("proj/siglip2/siglip2_demo.py", embedded_data=True,
          metrics=("zeroshot_16/color/top1", "zeroshot_64/color/top1",
                   "retrieval_64/i2t/r@1", "captioning/token_acc",
                   "captioning/unigram_acc")),
@@ -227,8 +230,9 @@ CASES = [
     # The teacher: an initialised (untrained) ViT of the config's own
     # TEACHER_MODEL, saved as an .npz (what step 1 of its docstring trains).
     Case("proj/distill/digits.py", "teacher={distill_teacher_npz}",
+         embedded_data=True,
          metrics=("test/prec@1",)),
-    Case("proj/flexivit/digits.py",
+    Case("proj/flexivit/digits.py", embedded_data=True,
          metrics=tuple(f"test_p{p}/prec@1" for p in (4, 6, 8))),
     # tools/eval_only.py's config; train.train runs it too (one lr-0 step,
     # then the suite). Every one of the 19 fine-tunes runs once.
@@ -294,7 +298,7 @@ class _null:
     return False
 
 
-def shrink(config):
+def shrink(config, eval_batch=BATCH):
   """SHRINK (module docstring): sizes only."""
   for key in ("total_epochs", "total_examples"):
     if key in config:
@@ -303,7 +307,7 @@ def shrink(config):
   config.input.batch_size = BATCH
   for ev in (config.get("evals") or {}).values():
     if "batch_size" in ev:
-      ev.batch_size = min(ev.batch_size, EVAL_BATCH)
+      ev.batch_size = min(ev.batch_size, eval_batch)
     ev.skip_first = True  # Once, at the last step (not also at step 0).
 
 
@@ -396,7 +400,7 @@ def _params(case):
 def test_recipe_as_written(case, recipe_files, tmp_path):
   arg = case.arg.format(**recipe_files) if case.arg else None
   config = load_config(case.config, arg)
-  shrink(config)
+  shrink(config, EMBEDDED_EVAL_BATCH if case.embedded_data else BATCH)
   for key, value, why in case.overrides:
     assert why
     set_key(config, key, _fill(value, recipe_files))
