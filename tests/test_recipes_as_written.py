@@ -151,9 +151,12 @@ CASES = [
     Case("bit_i1k.py", "schedule=stair", overrides=(_BIT_TINY,),
          metrics=("val/prec@1",)),
     Case("proj/botnet/botnet_i1k.py",
-         overrides=(("model", dict(depth=(1, 1), width=1, c5_stride=1),
-                     "BoT-S1-50 at 224px -> one conv unit + one BoT unit "
-                     "(its :digits size), same attention code"),),
+         overrides=(("model", dict(depth=(1, 1, 1, 1), width=1,
+                                   c5_stride=1),
+                     "BoT-S1-50 at 224px -> one unit per stage: the BoT "
+                     "unit attends over the published model's 14x14 map "
+                     "(two stages would make it 56x56: 3,136 tokens, GBs "
+                     "of logits), same attention code"),),
          metrics=("val/prec@1",)),
     Case("proj/gsam/vit_i1k_gsam.py", overrides=(_VIT_MU16,),
          metrics=("minival/prec@1", "val/prec@1")),
