@@ -1,4 +1,4 @@
-# Two entry points, both self-contained on a machine with only Python:
+# Entry points, self-contained on a machine with only Python:
 #   make demo   create .venv, install, train vit_digits.py, print the test accuracy
 #   make test   create .venv, install with test extras, run pytest
 #   make test-quick   the same without the end-to-end training tests (inner loop)

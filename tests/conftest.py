@@ -12,10 +12,11 @@ import tempfile
 import xla_opt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # XLA flags of the test processes (and of the trainers they launch, which
-# inherit $XLA_FLAGS); a flag already in $XLA_FLAGS is left as it is. The
-# fast-compile level and the tests exempt from it: xla_opt.py.
+# inherit $XLA_FLAGS unless the test sets its own); a flag already in
+# $XLA_FLAGS is left as it is. The fast-compile level and the tests exempt
+# from it: xla_opt.py.
 for _flag in ("--xla_force_host_platform_device_count=8",
-              xla_opt.FAST_COMPILE_FLAG):
+              xla_opt.FAST_COMPILE_FLAG, *xla_opt.PATIENT_COLLECTIVES_FLAGS):
   if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " +
                                _flag).strip()

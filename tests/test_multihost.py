@@ -53,7 +53,10 @@ def config_for_test():
 
 
 def worker(process_id: int, port: int, workdir: str):
-  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  import xla_opt  # pylint: disable=g-import-not-at-top  # tests/: the script's dir.
+  os.environ["XLA_FLAGS"] = " ".join(
+      ("--xla_force_host_platform_device_count=4",
+       *xla_opt.PATIENT_COLLECTIVES_FLAGS))
   os.environ["JAX_PLATFORMS"] = "cpu"
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   sys.path.insert(0, REPO)

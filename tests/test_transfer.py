@@ -14,6 +14,10 @@ from big_vision.configs import common
 from big_vision.configs import transfer
 from big_vision.models import common as model_common
 from big_vision.models import vit
+import xla_opt  # tests/ is on sys.path (rootdir conftest).
+
+# Trains for hundreds of steps: optimised code (xla_opt.py), fixture too.
+pytestmark = pytest.mark.xla_optimized
 
 # The "pretrained" backbone: a small class-token ViT, as the i21k releases.
 TINY_VIT = dict(width=48, depth=2, mlp_dim=96, num_heads=3, patch_size=(8, 8),
@@ -60,7 +64,8 @@ def _test_acc(workdir):
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("pretrain")
-  train.train(_pretrain_config(150), str(workdir))
+  with xla_opt.optimized():
+    train.train(_pretrain_config(150), str(workdir))
   return str(workdir)
 
 

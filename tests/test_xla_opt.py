@@ -27,17 +27,23 @@ def test_test_processes_compile_fast_and_trainers_inherit_it():
 
 @pytest.mark.parametrize("dtype,rtol", [(jnp.float32, 1e-6),
                                         (jnp.bfloat16, 2 ** -7)])
-def test_fast_and_optimised_code_agree_to_rounding(dtype, rtol):
+def test_fast_and_optimised_code_agree_to_rounding(dtype, rtol, monkeypatch):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(64, 48)), dtype)
   w = jnp.asarray(rng.normal(size=(48, 48)) / 7, dtype)
   fast = jax.jit(_program)(x, w)
   real_jit = jax.jit
+  options = []
+
+  def spy(*args, **kw):
+    options.append(kw.get("compiler_options"))
+    return real_jit(*args, **kw)
+
+  monkeypatch.setattr(jax, "jit", spy)
   with xla_opt.optimized():
-    assert jax.jit is not real_jit
-    optimised_fn = jax.jit(_program)
-    optimised = optimised_fn(x, w)
-  assert jax.jit is real_jit
+    optimised = jax.jit(_program)(x, w)
+  assert jax.jit is spy
+  assert options == [{"xla_backend_optimization_level": 3}]
   for a, b in zip(fast, optimised):
     np.testing.assert_allclose(np.asarray(a, np.float32),
                                np.asarray(b, np.float32), rtol=rtol, atol=rtol)

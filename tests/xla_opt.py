@@ -12,7 +12,8 @@ between programs compiled at the same level, or within a tolerance.
 
 The few tests that train for hundreds of steps (the digits accuracy tests)
 spend their time running, not compiling, and -O0 code runs 2-3x slower.
-They compile at XLA's default level instead:
+They compile at XLA's default level (3) instead, and so does everything
+they compare their numbers with:
 
   @pytest.mark.xla_optimized             # jits created by the test
   with xla_opt.optimized(): ...          # e.g. in a module-scoped fixture
@@ -22,7 +23,16 @@ import contextlib
 import os
 
 FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
-_DEFAULT_LEVEL = {"xla_backend_optimization_level": 2}  # XLA's own default.
+# XLA aborts the process when the 8 virtual devices of a CPU collective
+# arrive more than 40 s apart (its default). On 2 cores shared by two test
+# workers and their trainers a device thread can wait that long: a whole
+# worker died with "Fatal Python error: Aborted" inside a train step. The
+# test processes wait 20 minutes instead (a real hang still ends).
+PATIENT_COLLECTIVES_FLAGS = (
+    "--xla_cpu_collective_call_terminate_timeout_seconds=1200",
+)
+# XLA's own default (jaxlib's DebugOptions; LLVM's aggressive -O3 on CPU).
+_DEFAULT_LEVEL = {"xla_backend_optimization_level": 3}
 
 
 @contextlib.contextmanager
@@ -30,7 +40,8 @@ def optimized():
   """`jax.jit` calls made inside compile at XLA's default optimisation.
 
   Per-program compiler options override $XLA_FLAGS; jits created before
-  (module-level decorators) keep the fast-compile level.
+  (module-level decorators) keep the fast-compile level. Patches `jax.jit`
+  for the process: one test at a time (xdist workers are processes).
   """
   import jax  # pylint: disable=g-import-not-at-top
   real_jit = jax.jit

@@ -38,6 +38,7 @@ None; embeddings are L2-normalised by the model.
 """
 import hashlib
 from typing import Any, Mapping, Sequence
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -152,21 +153,26 @@ class _Task:
 class _EmbeddingsOfLatestParams:
   """Results computed from one params tree, dropped when the params change.
 
-  The params are recognised by identity (`is`) of their leaves, which this
-  object keeps alive, so an id cannot be reused by other arrays: evaluators
-  of one eval round get the same arrays; the next round gets the next step's
-  (or, when the train step donated them, the held ones are deleted arrays,
-  which hold no memory and never match again).
+  The params are recognised by the identity (`is`) of their leaves, held
+  by weak references: evaluators of one eval round get the same arrays, the
+  next round gets the next step's, and the cache keeps no params alive
+  (after the run, or in tools/eval_only.py). jax arrays are immutable; a
+  tree with other leaves (numpy arrays could change in place) is not cached.
   """
 
   def __init__(self):
-    self._leaves, self._values = None, {}
+    self._refs, self._values = (), {}
+
+  def _same(self, leaves) -> bool:
+    return len(leaves) == len(self._refs) and all(
+        r() is a for r, a in zip(self._refs, leaves))
 
   def get(self, params, key, compute):
     leaves = jax.tree.leaves(params)
-    if self._leaves is None or len(leaves) != len(self._leaves) or any(
-        a is not b for a, b in zip(leaves, self._leaves)):
-      self._leaves, self._values = leaves, {}
+    if not all(isinstance(a, jax.Array) for a in leaves):
+      return compute()
+    if not self._same(leaves):
+      self._refs, self._values = tuple(weakref.ref(a) for a in leaves), {}
     if key not in self._values:
       self._values[key] = compute()
     return self._values[key]

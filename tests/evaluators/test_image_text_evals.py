@@ -5,6 +5,8 @@ The evaluators run on the embedded shapes_captions test split with stand-in
 known, so every number is checked, not just produced.
 """
 import collections
+import gc
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -257,6 +259,15 @@ def test_zeroshot_evaluators_of_one_round_embed_the_class_names_once(
   again = ev2.class_embeddings({"scale": jnp.ones(())}, ev2.tasks[0])
   assert again is not emb and len(embedded) == 2
   np.testing.assert_array_equal(again, emb)
+  # The cache keeps no params alive...
+  held = weakref.ref(params["scale"])
+  del params
+  gc.collect()
+  assert held() is None
+  # ...and does not cache host (numpy) params, which could change in place.
+  host = {"scale": np.ones((), np.float32)}
+  assert ev1.class_embeddings(host, ev1.tasks[0]) is not (
+      ev1.class_embeddings(host, ev1.tasks[0]))
   # Other prompts are other texts: their own entry.
   other = zeroshot.Evaluator(
       predict_fn, mesh=mesh, data=SMALL, pp_img="copy('shape', 'image')",
