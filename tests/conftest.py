@@ -7,7 +7,6 @@ where a test trains long enough to need optimised code (xla_opt.py). Must run
 before jax is imported.
 """
 import os
-import tempfile
 
 import xla_opt  # pylint: disable=g-import-not-at-top,wrong-import-position
 

@@ -77,6 +77,11 @@ _COMPILED = collections.OrderedDict()
 _COMPILED_KEEP = 4
 _MASKED = -1e9  # The logit of a padded class: exp() is exactly 0 in float32.
 
+def _real_classes(width: int, num_classes) -> jax.Array:
+  """[width] bool: which head outputs are classes (the rest is padding)."""
+  return jnp.arange(width) < num_classes
+
+
 DEFAULT_OPTIMIZER = dict(
     optax_name="big_vision.momentum_hp", lr=0.01, wd=0.0,
     grad_clip_norm=1.0, schedule=dict(warmup_percent=0.1, decay_type="cosine"))
@@ -183,8 +188,8 @@ class Evaluator:
     feats = out[self.layer].astype(jnp.float32)
     feats = feats.reshape(feats.shape[0], -1)
     logits = feats @ head["kernel"] + head["bias"]
-    real = jnp.arange(logits.shape[-1]) < num_classes
-    return jnp.where(real, logits, _MASKED)
+    return jnp.where(_real_classes(logits.shape[-1], num_classes), logits,
+                     _MASKED)
 
   def _build(self, params, image_shape):
     """(initial head, tx, jitted step, jitted eval) for this params tree."""
@@ -226,7 +231,7 @@ class Evaluator:
       updates, opt_state = tx.update(grads, opt_state, trainable)
       # The padded classes get no update from any optimizer (their gradient
       # is 0; a factored one could still return 0 * inf there).
-      real = jnp.arange(self.head_width) < num_classes
+      real = _real_classes(self.head_width, num_classes)
       updates["head"] = jax.tree.map(lambda u: jnp.where(real, u, 0.0),
                                      updates["head"])
       trainable = jax.tree.map(jnp.add, trainable, updates)
@@ -293,8 +298,7 @@ class Evaluator:
         _COMPILED.popitem(last=False)
     _COMPILED.move_to_end(key)
     b = _COMPILED[key]
-    num_classes = jax.device_put(np.int32(self.num_classes),
-                                 sharding.replicated(self.mesh))
+    num_classes = jax.device_put(np.int32(self.num_classes), replicated)
 
     named, _ = utils.tree_flatten_with_names(params)
     frozen = {n: l for n, l in named if n not in b["train_set"]}
