@@ -42,6 +42,9 @@ PpFn = Callable[[dict], dict]
 _CACHED_INFERENCE: dict[tuple, tuple["InferenceBatches", int]] = {}
 SEED_KEY = "_seed"
 MASK_KEY = "_mask"
+# Every map of this module traces its function plainly, AutoGraph only if
+# needed (a few seconds per launch; ds_core.map_traced_plainly says why).
+_map = ds_core.map_traced_plainly
 
 
 def _as_dict(x) -> dict:
@@ -175,7 +178,7 @@ def training(input_config, *, seed: int = 0, start_step: int = 0,
     first_epoch, offset = divmod(start, n_local)
     ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch)
     ds = ds.skip(offset)  # Raw examples only: nothing decoded yet.
-    return ds.map(add_seed)
+    return _map(ds, add_seed)
 
   start = int(start_step) * local_bs
   ds = raw_stream(start)
@@ -187,9 +190,10 @@ def training(input_config, *, seed: int = 0, start_step: int = 0,
     raise ValueError("config.input.cache and config.input.skip_corrupt "
                      "cannot be combined; use cache_raw instead of cache.")
   if cache_final:
-    final = tf.data.Dataset.zip(tf.data.Dataset.range(n_local), raw).map(
-        add_seed).map(pp_fn, num_parallel_calls=tf.data.AUTOTUNE,
-                      deterministic=True).cache()
+    final = _map(tf.data.Dataset.zip(tf.data.Dataset.range(n_local), raw),
+                 add_seed)
+    final = _map(final, pp_fn, num_parallel_calls=tf.data.AUTOTUNE,
+                 deterministic=True).cache()
 
     def final_epoch(e):
       if buffer_size > 1:
@@ -203,8 +207,8 @@ def training(input_config, *, seed: int = 0, start_step: int = 0,
   elif skip_corrupt:
     ds = _pp_batches_skipping_corrupt(ds, pp_fn, local_bs, start)
   else:
-    ds = ds.map(pp_fn, num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True)
+    ds = _map(ds, pp_fn, num_parallel_calls=tf.data.AUTOTUNE,
+              deterministic=True)
     ds = ds.batch(local_bs, drop_remainder=True)
   prefetch = _get(input_config, "prefetch", 2)
   if prefetch:  # -1 is tf.data.AUTOTUNE.
@@ -268,9 +272,9 @@ def _pp_batches_skipping_corrupt(ds, pp_fn, local_bs: int, start: int):
 
   def window_to_batch(window):
     examples = tf.data.Dataset.zip(window)
-    survivors = examples.map(keep_position,
-                             num_parallel_calls=tf.data.AUTOTUNE,
-                             deterministic=True).ignore_errors()
+    survivors = _map(examples, keep_position,
+                     num_parallel_calls=tf.data.AUTOTUNE,
+                     deterministic=True).ignore_errors()
     specs = survivors.element_spec
 
     def all_failed(seed):
@@ -283,9 +287,9 @@ def _pp_batches_skipping_corrupt(ds, pp_fn, local_bs: int, start: int):
       out[CORRUPT_KEY] = first + tf.range(local_bs, dtype=tf.int64)
       out[_WINDOW_KEY] = tf.fill([local_bs], first)
       return out
-    marker = window[SEED_KEY].take(1).map(all_failed)
+    marker = _map(window[SEED_KEY].take(1), all_failed)
     # Exactly one element per window: the batch, or the all-failed marker.
-    return survivors.batch(local_bs).map(fill).concatenate(marker).take(1)
+    return _map(survivors.batch(local_bs), fill).concatenate(marker).take(1)
 
   return ds.window(local_bs, drop_remainder=True).interleave(
       window_to_batch, cycle_length=4, block_length=1,
@@ -519,10 +523,10 @@ def make_for_inference(data_config, pp: str | PpFn, batch_size: int, *,
   def preprocess(ds, mask):
     # A deterministic `_seed` here too, so eval pp strings that contain
     # random ops behave the same on every run instead of failing.
-    ds = ds.enumerate().map(lambda i, ex: {
+    ds = _map(ds.enumerate(), lambda i, ex: {
         **ex, SEED_KEY: tf.stack([tf.constant(process_index, tf.int64), i])})
-    return ds.map(lambda ex: {**pp_fn(ex), MASK_KEY: tf.constant(mask)},
-                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _map(ds, lambda ex: {**pp_fn(ex), MASK_KEY: tf.constant(mask)},
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
   ds = preprocess(source.get_tfdata(ordered=True, process_split=True,
                                     process_index=process_index,
@@ -537,8 +541,8 @@ def make_for_inference(data_config, pp: str | PpFn, batch_size: int, *,
     # resize): pad with zeros shaped like the split's first example (the
     # same on every process, even one whose part is empty).
     first = source.get_tfdata(ordered=True, process_split=False).take(1)
-    padding = preprocess(first, False).map(
-        lambda ex: tf.nest.map_structure(tf.zeros_like, ex)).cache()
+    padding = _map(preprocess(first, False),
+                   lambda ex: tf.nest.map_structure(tf.zeros_like, ex)).cache()
   ds = ds.concatenate(padding.repeat()).take(num_batches * local_bs)
   ds = ds.batch(local_bs, drop_remainder=True)
   ds = ds.with_options(_deterministic_options())

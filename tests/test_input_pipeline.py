@@ -1,6 +1,7 @@
 """Training/inference pipelines over `digits`, and the device-side helpers."""
 import importlib.util
 import math
+import sys
 
 import jax
 from jax.sharding import NamedSharding
@@ -253,3 +254,45 @@ def test_real_pp_string():
                       process_count=1)
   tb = next(ds.as_numpy_iterator())
   assert tb["image"].shape == (8, 16, 16, 3) and tb["labels"].shape == (8, 10)
+
+
+# ----------------------------------------------------------------------------
+# pp is traced plainly; AutoGraph only for a pp that needs it.
+# ----------------------------------------------------------------------------
+def test_pp_is_traced_without_autograph_unless_it_needs_it():
+  # AutoGraph runs a rewritten copy of a function's source, compiled from a
+  # generated file; a plain trace runs the function's own code.
+  traced_in = []
+
+  def plain_pp(ex):
+    traced_in.append(sys._getframe().f_code.co_filename)  # pylint: disable=protected-access
+    return {"id": ex["id"], "label": ex["label"] * 2}
+
+  def branching_pp(ex):  # Python `if` on a tensor: needs AutoGraph.
+    traced_in.append(sys._getframe().f_code.co_filename)  # pylint: disable=protected-access
+    if ex["label"] > 4:
+      label = ex["label"] + 100
+    else:
+      label = -ex["label"]
+    return {"id": ex["id"], "label": label}
+
+  _, sk_labels = digits.load_sklearn_digits()
+  for pp, expected in ((plain_pp, lambda y: y * 2),
+                       (branching_pp, lambda y: np.where(y > 4, y + 100, -y))):
+    del traced_in[:]
+    ds, _ = ip.training(_config(pp=pp, batch_size=20, shuffle_buffer_size=0),
+                        seed=0, process_index=0, process_count=1)
+    b = _take(ds, 1)[0]
+    np.testing.assert_array_equal(b["label"], expected(sk_labels[b["id"]]))
+    if pp is plain_pp:  # One plain trace, nothing rewritten.
+      assert traced_in == [__file__], traced_in
+    else:  # The plain trace raised; the AutoGraph copy made the graph.
+      assert traced_in[0] == __file__ and traced_in[-1] != __file__, traced_in
+    # Inference pipelines go the same way.
+    del traced_in[:]
+    batches, _ = ip.make_for_inference(dict(name="digits", split="test[:4]"),
+                                       pp, 4, process_index=0,
+                                       process_count=1)
+    b = next(iter(batches))
+    np.testing.assert_array_equal(b["label"], expected(sk_labels[1500:1504]))
+    assert (traced_in[-1] == __file__) == (pp is plain_pp), traced_in

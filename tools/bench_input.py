@@ -24,6 +24,7 @@ from PIL import Image
 from skimage import data as skdata
 import tensorflow as tf
 
+from big_vision.datasets import core as ds_core
 from big_vision.pp import builder
 
 PIPELINES = {
@@ -67,7 +68,7 @@ def make_dataset(jpegs, pp_str, batch_size, seed=0):
     return pp_fn(example)["image"]
 
   ds = tf.data.Dataset.from_tensor_slices(jpegs).repeat().enumerate()
-  ds = ds.map(preprocess).batch(batch_size).prefetch(2)
+  ds = ds_core.map_traced_plainly(ds, preprocess).batch(batch_size).prefetch(2)
   options = tf.data.Options()
   options.threading.private_threadpool_size = 1  # One core does the work.
   options.threading.max_intra_op_parallelism = 1

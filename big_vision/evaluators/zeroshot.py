@@ -55,9 +55,11 @@ def tokenize_texts(texts: Sequence[str], pp_txt: str) -> np.ndarray:
   """Runs `pp_txt` on {"texts": text} for each text -> int32 [n, L] "labels"."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from big_vision.pp import builder  # pylint: disable=g-import-not-at-top
+  from big_vision.datasets import core  # pylint: disable=g-import-not-at-top
   pp = builder.get_preprocess_fn(pp_txt)
   ds = tf.data.Dataset.from_tensor_slices({"texts": list(texts)})
-  ds = ds.map(lambda ex: {"labels": pp(ex)["labels"]}).batch(1024)
+  ds = core.map_traced_plainly(
+      ds, lambda ex: {"labels": pp(ex)["labels"]}).batch(1024)
   parts = [b["labels"] for b in ds.as_numpy_iterator()]
   out = np.concatenate(parts) if parts else np.zeros((0, 1), np.int32)
   if out.ndim != 2:
