@@ -346,8 +346,8 @@ def _superseded_steps(workdir):
   return steps
 
 
-def _paused(arg, run, log, pause_at=None, in_save=None):
-  env = {}
+def _paused(arg, run, log, pause_at=None, in_save=None, env=None):
+  env = dict(env or {})
   if pause_at is not None:
     env[chaos.PAUSE_AT_STEP] = str(pause_at)
   if in_save is not None:
@@ -364,6 +364,12 @@ def test_kill_and_resume_ends_bit_identical(tmp_path):
   arg = f"{cfg}:steps={TOTAL},ckpt={CKPT}"
   ref, run = str(tmp_path / "reference"), str(tmp_path / "run")
   log = str(tmp_path / "train.log")
+  # The interrupted run's launches share a compilation cache, as users'
+  # resumes do by default (the suite turns it off, conftest.py): each
+  # resume after the first reads its executables back, and must still end
+  # bit-identical to the reference, which compiles its own (no cache).
+  cache = str(tmp_path / "jax_cache")
+  cached = {"BIG_VISION_COMPILATION_CACHE": cache}
   # The reference runs alongside the interrupted run (2 cores).
   reference = chaos.launch(arg, ref, log=str(tmp_path / "ref.log"),
                            devices=DEVICES)
@@ -372,7 +378,7 @@ def test_kill_and_resume_ends_bit_identical(tmp_path):
     # (the first step after the signal), says so and exits 0.
     proc = subprocess.Popen(
         chaos.train_cmd(arg, run), cwd=REPO,
-        env=chaos.child_env(DEVICES, {chaos.PAUSE_AT_STEP: "7"}),
+        env=chaos.child_env(DEVICES, {chaos.PAUSE_AT_STEP: "7", **cached}),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     pause = chaos.pause_file(run, 7)
     assert chaos.wait_for_file(proc, pause)
@@ -389,14 +395,14 @@ def test_kill_and_resume_ends_bit_identical(tmp_path):
 
     # 2. SIGKILL during start-up: paused before its first step (checkpoint
     # restored, nothing compiled or trained yet).
-    proc, pause = _paused(arg, run, log, pause_at=8)
+    proc, pause = _paused(arg, run, log, pause_at=8, env=cached)
     assert chaos.kill(proc) == -signal.SIGKILL
     os.remove(pause)
     assert chaos.logged_steps(run) == list(range(1, 9))
     assert _ckpt_steps(run) == [5, 8]
 
     # 3. SIGKILL mid-training, two steps after the checkpoint of step 10.
-    proc, pause = _paused(arg, run, log, pause_at=12)
+    proc, pause = _paused(arg, run, log, pause_at=12, env=cached)
     assert _ckpt_steps(run) == [8, 10]
     assert chaos.kill(proc) == -signal.SIGKILL
     os.remove(pause)
@@ -406,7 +412,7 @@ def test_kill_and_resume_ends_bit_identical(tmp_path):
     # disk, directory not final): a tmp dir is left behind, the complete
     # checkpoints are untouched. Steps 11, 12 are redone: their old lines
     # move to a side file.
-    proc, pause = _paused(arg, run, log, in_save=15)
+    proc, pause = _paused(arg, run, log, in_save=15, env=cached)
     assert chaos.tmp_dirs(run)
     assert chaos.kill(proc) == -signal.SIGKILL
     os.remove(pause)
@@ -420,9 +426,14 @@ def test_kill_and_resume_ends_bit_identical(tmp_path):
     with open(victim, "r+b") as f:
       f.truncate(os.path.getsize(victim) // 2)
     proc = subprocess.run(chaos.train_cmd(arg, run), cwd=REPO,
-                          env=chaos.child_env(DEVICES), capture_output=True,
+                          env=chaos.child_env(DEVICES, {
+                              **cached, "JAX_LOG_COMPILES": "1"}),
+                          capture_output=True,
                           text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # Its train step came from the cache that the killed launches filled.
+    assert "Persistent compilation cache hit for 'jit_update'" in (
+        proc.stderr), proc.stderr[-3000:]
     assert re.search(r"Checkpoint of step 10 in \S+ is incomplete or corrupt: "
                      r"file \S+ has \d+ bytes instead of \d+ \(truncated\); "
                      r"using the previous complete one, step 8",
