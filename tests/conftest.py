@@ -27,8 +27,9 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # multi-process tests run 2 x 4 devices) once served an executable that
 # aborted an 8-device process; the cause is not pinned down, and a test
 # suite must not depend on what earlier runs left on the machine. Tests of
-# the cache (test_compile_cache.py) pass their own fresh directories;
-# trainers that tests launch as subprocesses inherit "off".
+# the cache (test_compile_cache.py, and test_never_lose.py's resumes) pass
+# their own fresh directories; other trainers that tests launch as
+# subprocesses inherit "off".
 os.environ.setdefault("BIG_VISION_COMPILATION_CACHE", "off")
 os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 

@@ -368,8 +368,7 @@ def test_kill_and_resume_ends_bit_identical(tmp_path):
   # resumes do by default (the suite turns it off, conftest.py): each
   # resume after the first reads its executables back, and must still end
   # bit-identical to the reference, which compiles its own (no cache).
-  cache = str(tmp_path / "jax_cache")
-  cached = {"BIG_VISION_COMPILATION_CACHE": cache}
+  cached = {"BIG_VISION_COMPILATION_CACHE": str(tmp_path / "jax_cache")}
   # The reference runs alongside the interrupted run (2 cores).
   reference = chaos.launch(arg, ref, log=str(tmp_path / "ref.log"),
                            devices=DEVICES)

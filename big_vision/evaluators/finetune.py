@@ -77,6 +77,7 @@ _COMPILED = collections.OrderedDict()
 _COMPILED_KEEP = 4
 _MASKED = -1e9  # The logit of a padded class: exp() is exactly 0 in float32.
 
+
 def _real_classes(width: int, num_classes) -> jax.Array:
   """[width] bool: which head outputs are classes (the rest is padding)."""
   return jnp.arange(width) < num_classes
