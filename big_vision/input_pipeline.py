@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import jax
 import numpy as np
-import tensorflow as tf
+from big_vision.datasets.tf_import import tf
 
 from big_vision import datasets
 from big_vision.datasets import core as ds_core

@@ -134,3 +134,75 @@ def test_no_import_circle_in_big_vision():
   assert "big_vision.program" in graph["big_vision.config_check"]
   assert "big_vision.datasets.core" in graph["big_vision.datasets.tfds_source"]
   assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+# ----------------------------------------------------------------------------
+# TensorFlow is imported without its eager Keras import (datasets/tf_import.py).
+# ----------------------------------------------------------------------------
+def _tensorflow_imports(path: str) -> list[tuple[int, str]]:
+  """(line, module) of each import of tensorflow* or of tf_import in a file."""
+  import ast  # pylint: disable=g-import-not-at-top
+  found = []
+  for node in ast.walk(ast.parse(open(path).read())):
+    if isinstance(node, ast.Import):
+      names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom) and not node.level:
+      names = [f"{node.module}.{a.name}" for a in node.names]
+    else:
+      continue
+    found += [(node.lineno, n) for n in names
+              if n.split(".")[0].startswith("tensorflow")
+              or n.startswith("big_vision.datasets.tf_import")]
+  return sorted(found)
+
+
+# Floors below the data side, which may not import it: their optional
+# tensorflow imports (TensorBoard files, gs:// paths) run after the data side
+# has imported tensorflow in a trainer.
+BELOW_DATA_SIDE = ("big_vision/checkpoint.py", "big_vision/metric_writer.py")
+
+
+def test_tensorflow_is_imported_through_tf_import():
+  """Every module of big_vision and tools/ that imports tensorflow or
+  tensorflow_datasets imports big_vision.datasets.tf_import first (in its
+  file), so whichever of them a process loads first skips Keras."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(big_vision.__file__)))
+  late = []
+  checked = 0
+  for top in ("big_vision", "tools"):
+    for dirpath, _, files in os.walk(os.path.join(root, top)):
+      for f in sorted(files):
+        path = os.path.join(dirpath, f)
+        if (not f.endswith(".py") or f == "tf_import.py" or
+            os.path.relpath(path, root) in BELOW_DATA_SIDE):
+          continue
+        imports = _tensorflow_imports(path)
+        seen_tf_import = False
+        for line, name in imports:
+          if name.startswith("big_vision.datasets.tf_import"):
+            seen_tf_import = True
+          elif not seen_tf_import:
+            late.append(f"{os.path.relpath(path, root)}:{line} {name}")
+        checked += bool(imports)
+  assert checked >= 10  # The walk found the data side.
+  assert not late, ("import big_vision.datasets.tf_import before these "
+                    "(or use its `tf`):\n" + "\n".join(late))
+
+
+def test_data_side_imports_tensorflow_without_keras():
+  # In a fresh process, as a trainer's config check imports it first; then
+  # the plant is gone, so code that wants Keras can still import it.
+  code = (
+      "import sys\n"
+      "from big_vision.pp import builder\n"
+      "from big_vision import input_pipeline\n"
+      "import tensorflow as tf\n"
+      "assert tf.data.Dataset.range(3).reduce(tf.constant(0, tf.int64), lambda a, b: a + b) == 3\n"
+      "heavy = sorted(m for m in ('keras', 'sklearn') if m in sys.modules)\n"
+      "assert not heavy, heavy\n"
+      "assert 'keras.src.optimizers' not in sys.modules\n")
+  env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
+      os.path.abspath(big_vision.__file__))))
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                        text=True, env=env, timeout=600)
+  assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]

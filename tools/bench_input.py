@@ -22,7 +22,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 import numpy as np  # pylint: disable=g-import-not-at-top
 from PIL import Image
 from skimage import data as skdata
-import tensorflow as tf
+from big_vision.datasets.tf_import import tf
 
 from big_vision.datasets import core as ds_core
 from big_vision.pp import builder

@@ -390,7 +390,7 @@ def _measure_one(variant: str, steps: int, workdir: str):
   if not deterministic:
     # The knob a user would flip for speed: let tf.data emit elements in
     # completion order. (Patched here; the library has no such switch.)
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from big_vision.datasets.tf_import import tf  # pylint: disable=g-import-not-at-top
     from big_vision import input_pipeline  # pylint: disable=g-import-not-at-top
     real_map = tf.data.Dataset.map
 

@@ -37,6 +37,7 @@ def prepare(name: str, data_dir: str, manual_dir: str | None = None) -> str:
   """Prepares one dataset; returns where it now lives."""
   # Imported here so that --help is instant.
   from big_vision import datasets  # pylint: disable=g-import-not-at-top
+  from big_vision.datasets import tf_import  # pylint: disable=g-import-not-at-top,unused-import
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   if name in datasets.embedded_names():

@@ -12,7 +12,7 @@ import os
 import re
 from typing import Callable
 
-import tensorflow as tf
+from big_vision.datasets.tf_import import tf
 
 from big_vision import utils
 

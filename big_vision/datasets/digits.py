@@ -9,6 +9,7 @@ Splits, in scikit-learn's order: `train` = first 1,500, `test` = last 297.
 Pixel values 0..16 are scaled to uint8 with round(v * 255 / 16).
 """
 import numpy as np
+from big_vision.datasets import tf_import  # pylint: disable=unused-import
 import tensorflow_datasets as tfds
 
 from big_vision.datasets import core

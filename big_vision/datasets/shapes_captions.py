@@ -40,6 +40,7 @@ import itertools
 import os
 
 import numpy as np
+from big_vision.datasets import tf_import  # pylint: disable=unused-import
 import tensorflow_datasets as tfds
 
 from big_vision.datasets import core

@@ -9,6 +9,7 @@ import contextlib
 import difflib
 import os
 
+from big_vision.datasets import tf_import  # pylint: disable=unused-import
 import tensorflow_datasets as tfds
 
 from big_vision.datasets import core

@@ -163,7 +163,7 @@ class Evaluator:
 
   def _padding_labels(self, pp: str):
     """`pp`, then the one-hot labels padded with zeros to the head's width."""
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from big_vision.datasets.tf_import import tf  # pylint: disable=g-import-not-at-top
     from big_vision import input_pipeline  # pylint: disable=g-import-not-at-top
     pp_fn = input_pipeline.get_pp_fn(pp)
     pad = self.head_width - self.num_classes

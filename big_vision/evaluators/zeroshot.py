@@ -53,7 +53,7 @@ _OVERRIDABLE = ("data", "pp_img", "prompts", "class_names", "label_key")
 
 def tokenize_texts(texts: Sequence[str], pp_txt: str) -> np.ndarray:
   """Runs `pp_txt` on {"texts": text} for each text -> int32 [n, L] "labels"."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from big_vision.datasets.tf_import import tf  # pylint: disable=g-import-not-at-top
   from big_vision.pp import builder  # pylint: disable=g-import-not-at-top
   from big_vision.datasets import core  # pylint: disable=g-import-not-at-top
   pp = builder.get_preprocess_fn(pp_txt)

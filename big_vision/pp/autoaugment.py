@@ -19,7 +19,7 @@ import dataclasses
 from typing import Callable
 
 from big_vision.pp import utils
-import tensorflow as tf
+from big_vision.datasets.tf_import import tf
 
 MAX_LEVEL = 10.0
 FILL = 128  # Gray, for pixels uncovered by geometric ops and by cutout.

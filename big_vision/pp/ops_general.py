@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from big_vision.pp import utils
 from big_vision.pp.registry import Registry
 import numpy as np
-import tensorflow as tf
+from big_vision.datasets.tf_import import tf
 
 
 def _is_private(key: str) -> bool:

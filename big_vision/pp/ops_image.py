@@ -11,7 +11,7 @@ randomness from `data["_seed"]`, never from stateful `tf.random`.
 from big_vision.pp import autoaugment
 from big_vision.pp import utils
 from big_vision.pp.registry import Registry
-import tensorflow as tf
+from big_vision.datasets.tf_import import tf
 
 RESIZE_METHODS = ("bilinear", "nearest", "bicubic", "area", "lanczos3",
                   "lanczos5", "gaussian", "mitchellcubic")

@@ -33,7 +33,7 @@ import threading
 
 from absl import logging
 import numpy as np
-import tensorflow as tf
+from big_vision.datasets.tf_import import tf
 
 from big_vision.pp import utils
 from big_vision.pp.registry import Registry

@@ -18,7 +18,7 @@ task_adaptation):
   smallnorb_ele   label_elevation (9 classes)
   every other task: the dataset's own `label`, unchanged.
 """
-import tensorflow as tf
+from big_vision.datasets.tf_import import tf
 
 from big_vision.pp.registry import Registry
 

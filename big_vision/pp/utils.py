@@ -26,7 +26,7 @@ import functools
 import inspect
 from typing import Any, Callable
 
-import tensorflow as tf
+from big_vision.datasets.tf_import import tf
 
 SEED_KEY = "_seed"
 
