@@ -36,6 +36,7 @@ write token ids to "labels" (the tokenize op's defaults).
 `predict_fn(params, image, text)` -> (zimg, ztxt, out) with either input
 None; embeddings are L2-normalised by the model.
 """
+import functools
 import hashlib
 from typing import Any, Mapping, Sequence
 import weakref
@@ -52,7 +53,18 @@ _OVERRIDABLE = ("data", "pp_img", "prompts", "class_names", "label_key")
 
 
 def tokenize_texts(texts: Sequence[str], pp_txt: str) -> np.ndarray:
-  """Runs `pp_txt` on {"texts": text} for each text -> int32 [n, L] "labels"."""
+  """Runs `pp_txt` on {"texts": text} for each text -> int32 [n, L] "labels".
+
+  Shared by the process: zero-shot evaluators that differ only in their
+  image side (e.g. SigLIP 2's one per sequence length) tokenize the same
+  class-name prompts (12,000 texts for ImageNet with "photos") with the
+  same pp_txt, so the result is computed once and returned read-only.
+  """
+  return _tokenize_once(tuple(texts), pp_txt)
+
+
+@functools.lru_cache(maxsize=16)
+def _tokenize_once(texts: tuple[str, ...], pp_txt: str) -> np.ndarray:
   from big_vision.datasets.tf_import import tf  # pylint: disable=g-import-not-at-top
   from big_vision.pp import builder  # pylint: disable=g-import-not-at-top
   from big_vision.datasets import core  # pylint: disable=g-import-not-at-top
@@ -65,6 +77,7 @@ def tokenize_texts(texts: Sequence[str], pp_txt: str) -> np.ndarray:
   if out.ndim != 2:
     raise ValueError(f"pp_txt {pp_txt!r} must turn one text into a [length] "
                      f"token vector, got shape {out.shape[1:]}.")
+  out.setflags(write=False)
   return out
 
 

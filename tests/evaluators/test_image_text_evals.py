@@ -21,6 +21,7 @@ from big_vision.evaluators import class_names
 from big_vision.evaluators import contrastive
 from big_vision.evaluators import retrieval
 from big_vision.evaluators import zeroshot
+from big_vision.pp import builder
 from big_vision.pp import ops_text
 
 DATA = dict(name="shapes_captions", split="test")
@@ -274,3 +275,37 @@ def test_zeroshot_evaluators_of_one_round_embed_the_class_names_once(
       pp_txt=TOKENIZE, batch_size=64, datasets={"shape": dict(
           label_key="shape")}, prompts=("a {}",))
   assert other.tasks[0].tokens_key != ev1.tasks[0].tokens_key
+
+
+def test_zeroshot_evaluators_tokenize_the_same_prompts_once(mesh, monkeypatch):
+  """Evaluators with the same class names, prompts and pp_txt (SigLIP 2's
+  one per sequence length) share one tokenization, equal to encoding each
+  prompt with the tokenizer directly; other prompts are tokenized anew."""
+  names = shapes_captions.SHAPES
+  prompts = ("a {} shape", "one {}")
+  built = []
+  real_get = builder.get_preprocess_fn
+  monkeypatch.setattr(builder, "get_preprocess_fn",
+                      lambda pp, *a, **k: built.append(pp) or real_get(
+                          pp, *a, **k))
+  zeroshot._tokenize_once.cache_clear()  # pylint: disable=protected-access
+
+  def evaluator(p=prompts):
+    return zeroshot.Evaluator(
+        fake_zeroshot_model(names), mesh=mesh, data=SMALL,
+        pp_img="copy('shape', 'image')", pp_txt=TOKENIZE, batch_size=64,
+        datasets={"shape": dict(label_key="shape")}, prompts=p)
+
+  ev1, ev2 = evaluator(), evaluator()
+  tokens = ev1.tasks[0].tokens
+  assert ev2.tasks[0].tokens is tokens and built.count(TOKENIZE) == 1
+  assert not tokens.flags.writeable  # Shared: nobody may change it.
+  sp = ops_text.get_tokenizer("shapes_captions")
+  texts = [p.format(n) for n in names for p in prompts]
+  for row, text in zip(tokens, texts):
+    ids = sp.EncodeAsIds(text)
+    np.testing.assert_array_equal(row[:len(ids)], ids)
+    assert not row[len(ids):].any()  # Zero padding to the length (12).
+  assert tokens.shape == (len(texts), 12)
+  evaluator(prompts[:1])
+  assert built.count(TOKENIZE) == 2
