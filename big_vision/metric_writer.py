@@ -1,4 +1,4 @@
-"""Metrics to TensorBoard (clu) and to `metrics.jsonl`, from process 0 only.
+"""Metrics to TensorBoard and to `metrics.jsonl`, from process 0 only.
 
 `metrics.jsonl` holds one JSON object per line: `{"step": s, name: value, ...}`.
 It is an append-only history: nothing in a workdir's metrics is ever deleted.
@@ -105,6 +105,33 @@ class _Files:
       f.write(data)
 
 
+class _TensorBoardScalars:
+  """Scalars as TensorBoard event files in `logdir`, through tf.summary.
+
+  What clu's SummaryWriter writes for scalars (one `tf.summary.scalar` per
+  metric, in a file writer of the workdir), without importing clu: its
+  metric_writers import TensorBoard's hparams plugin, which loads Keras 3
+  through `tf.keras` (with scikit-learn and matplotlib): 1.2 s of every
+  launch, for nothing the trainer writes.
+  """
+
+  def __init__(self, logdir: str):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    self._tf = tf
+    self._writer = tf.summary.create_file_writer(logdir)
+
+  def write_scalars(self, step: int, scalars: dict[str, float]):
+    with self._writer.as_default():
+      for name, value in scalars.items():
+        self._tf.summary.scalar(name, value, step=step)
+
+  def flush(self):
+    self._writer.flush()
+
+  def close(self):
+    self._writer.close()
+
+
 def utc_stamp() -> str:
   return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
@@ -132,14 +159,8 @@ class MetricWriter:
       stamp = utc_stamp()
       supersede_after(workdir, resume_step, stamp=stamp)
       supersede_events_after(workdir, resume_step, stamp=stamp)
-    try:  # clu's TensorBoard writer needs tensorflow (GPU boxes may lack it).
-      import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
-      from clu import metric_writers  # pylint: disable=g-import-not-at-top
-      # What clu's create_default_writer(workdir, asynchronous=False)
-      # builds, without its etils path (which knows fewer schemes than gfile).
-      self._tb = metric_writers.MultiWriter([
-          metric_writers.LoggingWriter(),
-          metric_writers.SummaryWriter(workdir)])
+    try:  # TensorBoard's writer needs tensorflow (GPU boxes may lack it).
+      self._tb = _TensorBoardScalars(workdir)
     except ImportError:
       logging.warning("tensorflow unavailable: metrics go to %s only.",
                       self.path)
@@ -148,6 +169,8 @@ class MetricWriter:
     if not self.is_writer or not metrics:
       return
     metrics = {k: float(v) for k, v in metrics.items()}
+    logging.info("[%d] %s", step, ", ".join(
+        f"{k}={v:.6g}" for k, v in sorted(metrics.items())))
     if self._tb is not None:
       self._tb.write_scalars(step, metrics)
     line = {"step": int(step)}

@@ -189,15 +189,19 @@ def test_tensorflow_is_imported_through_tf_import():
                     "(or use its `tf`):\n" + "\n".join(late))
 
 
-def test_data_side_imports_tensorflow_without_keras():
-  # In a fresh process, as a trainer's config check imports it first; then
-  # the plant is gone, so code that wants Keras can still import it.
+def test_data_side_imports_tensorflow_without_keras(tmp_path):
+  # In a fresh process, as a trainer's config check imports it first, then
+  # its metric writer (TensorBoard events); the plant is gone afterwards, so
+  # code that wants Keras can still import it.
   code = (
       "import sys\n"
       "from big_vision.pp import builder\n"
       "from big_vision import input_pipeline\n"
+      "from big_vision import metric_writer\n"
       "import tensorflow as tf\n"
       "assert tf.data.Dataset.range(3).reduce(tf.constant(0, tf.int64), lambda a, b: a + b) == 3\n"
+      f"w = metric_writer.MetricWriter({str(tmp_path)!r})\n"
+      "w.write(1, {'a': 1.0}); w.close()\n"
       "heavy = sorted(m for m in ('keras', 'sklearn') if m in sys.modules)\n"
       "assert not heavy, heavy\n"
       "assert 'keras.src.optimizers' not in sys.modules\n")
