@@ -22,21 +22,54 @@ for _flag in ("--xla_force_host_platform_device_count=8",
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Keep tensorflow from grabbing accelerators or all host threads in tests.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-# No persistent compilation cache in tests. A cache directory shared by many
-# concurrent test processes (some with other device topologies: the
-# multi-process tests run 2 x 4 devices) once served an executable that
-# aborted an 8-device process; the cause is not pinned down, and a test
-# suite must not depend on what earlier runs left on the machine. Tests of
-# the cache (test_compile_cache.py, and test_never_lose.py's resumes) pass
-# their own fresh directories; other trainers that tests launch as
-# subprocesses inherit "off".
+# No compilation cache shared between test processes. A cache directory
+# shared by many concurrent test processes (some with other device
+# topologies: the multi-process tests run 2 x 4 devices) once served an
+# executable that aborted an 8-device process; the cause is not pinned down,
+# and a test suite must not depend on what earlier runs left on the machine.
+# So each test process gets a private one for the run (pytest_configure
+# below), tests of the cache (test_compile_cache.py, and test_never_lose.py's
+# resumes) pass their own fresh directories, and other trainers that tests
+# launch as subprocesses inherit "off".
 os.environ.setdefault("BIG_VISION_COMPILATION_CACHE", "off")
 os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 
 
+import shutil  # pylint: disable=g-import-not-at-top,wrong-import-position
 import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tempfile  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_WORKER_CACHE = []
+
+
+def pytest_configure(config):
+  """Each test process keeps its own compilation cache, for this run only.
+
+  Many tests compile the same programs (the same tiny model's train step,
+  init and predict functions under another test's name), and a process's
+  in-memory jit caches do not outlive the function objects a test builds.
+  JAX's persistent cache, keyed by the program and its compile options,
+  serves them from disk instead. The directory belongs to one process (an
+  xdist worker): nothing is shared between concurrent processes (see the
+  note above), nothing survives the run, and the trainers that tests
+  launch still inherit "off". Compile counts (the `compiled` fixture) are
+  unchanged: jax reports a cache hit as a compile of that function.
+  """
+  del config
+  from big_vision import compile_cache  # pylint: disable=g-import-not-at-top
+  path = tempfile.mkdtemp(prefix="big_vision_tests_jax_cache_")
+  _WORKER_CACHE.append(path)
+  compile_cache.enable(path)
+
+
+def pytest_unconfigure(config):
+  del config
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_compilation_cache_dir", None)
+  for path in _WORKER_CACHE:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
