@@ -12,9 +12,20 @@ import sys
 
 import big_vision
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(
+    big_vision.__file__)))
 DATA_SIDE = ("big_vision.pp", "big_vision.datasets", "big_vision.input_pipeline")
 # TF-free modules that live inside the data-side packages.
 TF_FREE_EXCEPTIONS = ("big_vision.pp.registry", "big_vision.datasets.synthetic")
+
+
+def _run_fresh(code: str):
+  """Runs `code` in a fresh interpreter that imports this checkout's
+  big_vision; fails the test with its output if it exits non-zero."""
+  env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                        text=True, env=env, timeout=600)
+  assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
 
 
 def tf_free_modules():
@@ -41,11 +52,7 @@ def test_every_non_data_module_imports_without_tensorflow():
       "assert 'tensorflow' not in {k for k, v in sys.modules.items() if v}, 'tf leaked'\n"
       "print('\\n'.join(failed))\n"
       "sys.exit(1 if failed else 0)\n")
-  env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
-      os.path.abspath(big_vision.__file__))))
-  proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                        text=True, env=env, timeout=600)
-  assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+  _run_fresh(code)
 
 
 def test_data_side_really_uses_tensorflow():
@@ -166,15 +173,14 @@ def test_tensorflow_is_imported_through_tf_import():
   """Every module of big_vision and tools/ that imports tensorflow or
   tensorflow_datasets imports big_vision.datasets.tf_import first (in its
   file), so whichever of them a process loads first skips Keras."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(big_vision.__file__)))
   late = []
   checked = 0
   for top in ("big_vision", "tools"):
-    for dirpath, _, files in os.walk(os.path.join(root, top)):
+    for dirpath, _, files in os.walk(os.path.join(REPO_ROOT, top)):
       for f in sorted(files):
         path = os.path.join(dirpath, f)
         if (not f.endswith(".py") or f == "tf_import.py" or
-            os.path.relpath(path, root) in BELOW_DATA_SIDE):
+            os.path.relpath(path, REPO_ROOT) in BELOW_DATA_SIDE):
           continue
         imports = _tensorflow_imports(path)
         seen_tf_import = False
@@ -182,7 +188,7 @@ def test_tensorflow_is_imported_through_tf_import():
           if name.startswith("big_vision.datasets.tf_import"):
             seen_tf_import = True
           elif not seen_tf_import:
-            late.append(f"{os.path.relpath(path, root)}:{line} {name}")
+            late.append(f"{os.path.relpath(path, REPO_ROOT)}:{line} {name}")
         checked += bool(imports)
   assert checked >= 10  # The walk found the data side.
   assert not late, ("import big_vision.datasets.tf_import before these "
@@ -205,8 +211,4 @@ def test_data_side_imports_tensorflow_without_keras(tmp_path):
       "heavy = sorted(m for m in ('keras', 'sklearn') if m in sys.modules)\n"
       "assert not heavy, heavy\n"
       "assert 'keras.src.optimizers' not in sys.modules\n")
-  env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
-      os.path.abspath(big_vision.__file__))))
-  proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                        text=True, env=env, timeout=600)
-  assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+  _run_fresh(code)

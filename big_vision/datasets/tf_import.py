@@ -26,19 +26,16 @@ EAGER_KERAS_MODULE = "keras.src.optimizers"
 
 
 def _import_tensorflow():
-  if "tensorflow" in sys.modules:  # Already imported, with or without Keras.
-    import tensorflow  # pylint: disable=g-import-not-at-top
-    return tensorflow
   # A None entry in sys.modules makes `import name` raise ImportError at
   # once, without importing its parent packages (Python's import system).
+  # Harmless when tensorflow is already imported: its __init__ does not rerun.
   planted = EAGER_KERAS_MODULE not in sys.modules
   if planted:
     sys.modules[EAGER_KERAS_MODULE] = None
   try:
     import tensorflow  # pylint: disable=g-import-not-at-top
   finally:
-    if planted and EAGER_KERAS_MODULE in sys.modules and (
-        sys.modules[EAGER_KERAS_MODULE] is None):
+    if planted and sys.modules.get(EAGER_KERAS_MODULE, "") is None:
       del sys.modules[EAGER_KERAS_MODULE]
   return tensorflow
 
