@@ -262,9 +262,13 @@ class Program:
                           total_steps=self.total_steps)
 
   def abstract_state(self):
-    """The state as ShapeDtypeStructs carrying their shardings (for lower())."""
+    """The state as ShapeDtypeStructs carrying their shardings (for lower()).
+
+    Weak types are kept, so that a program lowered for this signature is
+    the one a call with the real state finds in jit's caches."""
     return jax.tree.map(
-        lambda s, h: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=h),
+        lambda s, h: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=h,
+                                          weak_type=s.weak_type),
         self.state_shape, self.shardings)
 
   def abstract_batch(self):

@@ -15,6 +15,7 @@ import time
 _LAUNCH_TIME = time.time()  # Before the heavy imports below.
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import concurrent.futures
 import logging as py_logging
 import os
 import signal
@@ -143,6 +144,35 @@ def _test_pause(workdir: str, step: int):
     time.sleep(0.01)
 
 
+def _compile_meanwhile(update_fn, *abstract_args) -> concurrent.futures.Future:
+  """Compiles the train step on a thread while the state is initialised
+  (or restored) and the step-0 evaluations run.
+
+  XLA compiles without holding the GIL, so with an empty compilation cache
+  the step's compile runs beside the init and evaluator compiles, and with
+  a warm one its tracing, lowering and cache read overlap the evaluations.
+  The loop's first call then finds the program in jit's caches (same
+  function, same abstract signature): it is traced and compiled once.
+  """
+  def compile_():
+    update_fn.lower(*abstract_args).compile()
+  pool = concurrent.futures.ThreadPoolExecutor(
+      1, thread_name_prefix="big_vision_compile")
+  future = pool.submit(compile_)
+  pool.shutdown(wait=False)
+  return future
+
+
+def _join_compile(future: concurrent.futures.Future):
+  """Waits for `_compile_meanwhile`. A failure there is only logged: the
+  first call compiles the step itself and raises the real error."""
+  try:
+    future.result()
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("Compiling the train step ahead failed (%s: %s); it is "
+                    "compiled at the first step instead.", type(e).__name__, e)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) `config` in `workdir`. Returns the final metrics."""
   # Every config mistake fails here, in seconds, before anything compiles;
@@ -150,6 +180,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   prog = config_check.validate(config, workdir)
   if jax.process_count() > 1:  # All hosts past the checks before orbax starts.
     multihost_utils.sync_global_devices("big_vision config checked")
+  update_fn = prog.update_fn
+  compiling = _compile_meanwhile(update_fn, prog.abstract_state(),
+                                 prog.abstract_batch())
   preempt = _Preemption()
   mesh = prog.mesh
   batch_size = prog.batch_size
@@ -179,7 +212,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   else:
     state = prog.init_state()
 
-  update_fn = prog.update_fn
   pause_at = os.environ.get(PAUSE_ENV)
   pause_at = int(pause_at) if pause_at else None
 
@@ -233,6 +265,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   chrono.tick(first_step)
   maybe_pause(first_step)
   step = first_step
+  _join_compile(compiling)
   for step in range(first_step + 1, total_steps + 1):
     state, info = update_fn(state, next(batches))
     if step == first_step + 1:  # Once: what a compilation cache saves.

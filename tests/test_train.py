@@ -4,6 +4,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import threading
 
 import jax
 import numpy as np
@@ -102,15 +103,50 @@ def test_representative_runlocal_configs_train_two_steps(config_file,
   assert any(k.count("/") for l in lines for k in l), "no evaluator ran"
 
 
+class _UpdateCompiles:
+  """Threads on which jax traced and compiled the train step (`update`)."""
+
+  def __init__(self):
+    self.events = []
+
+  def __call__(self, name, secs, **kw):
+    del secs
+    kind = name.rsplit("/", 1)[-1]
+    if kw.get("fun_name") in ("update", "jit(update)") and kind in (
+        "jaxpr_trace_duration", "backend_compile_duration"):
+      self.events.append((kind, threading.current_thread().name))
+
+  def take(self):
+    out, self.events = self.events, []
+    return out
+
+
 def test_resume_continues_from_checkpoint_and_matches_uninterrupted(tmp_path):
-  # Uninterrupted: 6 steps.
-  full = tiny_digits(total_steps=6, ckpt_steps=3)
-  train.train(full, str(tmp_path / "full"))
-  # Interrupted after the first checkpoint (step 3), then the same command.
-  part = tiny_digits(total_steps=3, ckpt_steps=3)
-  train.train(part, str(tmp_path / "resumed"))
-  assert checkpoint.Checkpointer(str(tmp_path / "resumed")).latest_step() == 3
-  train.train(tiny_digits(total_steps=6, ckpt_steps=3), str(tmp_path / "resumed"))
+  compiles = _UpdateCompiles()
+  jax.monitoring.register_event_duration_secs_listener(compiles)
+  try:
+    # Uninterrupted: 6 steps.
+    full = tiny_digits(total_steps=6, ckpt_steps=3)
+    train.train(full, str(tmp_path / "full"))
+    fresh = compiles.take()
+    # Interrupted after the first checkpoint (step 3), then the same command.
+    part = tiny_digits(total_steps=3, ckpt_steps=3)
+    train.train(part, str(tmp_path / "resumed"))
+    assert checkpoint.Checkpointer(
+        str(tmp_path / "resumed")).latest_step() == 3
+    compiles.take()
+    train.train(tiny_digits(total_steps=6, ckpt_steps=3),
+                str(tmp_path / "resumed"))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(compiles)
+  # Each run traced and compiled its step once, ahead, on the compile
+  # thread (train._compile_meanwhile), for the abstract state; the first
+  # call with the initialised (fresh) or restored (resumed) state found
+  # that program in jit's caches.
+  for events in (fresh, compiles.events):
+    assert sorted(kind for kind, _ in events) == [
+        "backend_compile_duration", "jaxpr_trace_duration"], events
+    assert all(t.startswith("big_vision_compile") for _, t in events), events
 
   steps = [l["step"] for l in metric_writer.read(str(tmp_path / "resumed"))
            if "training_loss" in l]
