@@ -163,9 +163,12 @@ def _compile_meanwhile(update_fn, *abstract_args) -> concurrent.futures.Future:
   return future
 
 
-def _join_compile(future: concurrent.futures.Future):
-  """Waits for `_compile_meanwhile`. A failure there is only logged: the
-  first call compiles the step itself and raises the real error."""
+def _join_compile(future: concurrent.futures.Future | None):
+  """Waits for `_compile_meanwhile` (if started). A failure there is only
+  logged: the first call compiles the step itself and raises the real
+  error."""
+  if future is None:
+    return
   try:
     future.result()
   except Exception as e:  # pylint: disable=broad-except
@@ -180,9 +183,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   prog = config_check.validate(config, workdir)
   if jax.process_count() > 1:  # All hosts past the checks before orbax starts.
     multihost_utils.sync_global_devices("big_vision config checked")
-  update_fn = prog.update_fn
-  compiling = _compile_meanwhile(update_fn, prog.abstract_state(),
-                                 prog.abstract_batch())
   preempt = _Preemption()
   mesh = prog.mesh
   batch_size = prog.batch_size
@@ -192,6 +192,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       workdir, keep_every=config.get("keep_ckpt_steps"),
       timeout_s=config.get("ckpt_timeout"))
   first_step = ckpt.latest_step() or 0
+  update_fn = prog.update_fn
+  compiling = None  # A finished run, relaunched, has no step to compile.
+  if first_step < total_steps:
+    compiling = _compile_meanwhile(update_fn, prog.abstract_state(),
+                                   prog.abstract_batch())
   batches = program.train_batches(config, mesh, first_step)
   logging.info("Model %s: %s parameters.", config.model_name,
                f"{utils.tree_count(prog.state_shape['params']):,}")

@@ -137,16 +137,21 @@ def test_resume_continues_from_checkpoint_and_matches_uninterrupted(tmp_path):
     compiles.take()
     train.train(tiny_digits(total_steps=6, ckpt_steps=3),
                 str(tmp_path / "resumed"))
+    resumed = compiles.take()
+    # Relaunched once finished: nothing to train, so nothing compiled.
+    train.train(tiny_digits(total_steps=6, ckpt_steps=3),
+                str(tmp_path / "resumed"))
   finally:
     jax.monitoring.unregister_event_duration_listener(compiles)
   # Each run traced and compiled its step once, ahead, on the compile
   # thread (train._compile_meanwhile), for the abstract state; the first
   # call with the initialised (fresh) or restored (resumed) state found
   # that program in jit's caches.
-  for events in (fresh, compiles.events):
+  for events in (fresh, resumed):
     assert sorted(kind for kind, _ in events) == [
         "backend_compile_duration", "jaxpr_trace_duration"], events
     assert all(t.startswith("big_vision_compile") for _, t in events), events
+  assert not compiles.events, compiles.events
 
   steps = [l["step"] for l in metric_writer.read(str(tmp_path / "resumed"))
            if "training_loss" in l]
