@@ -167,7 +167,7 @@ CASES = [
     # The default: a released AugReg B/16 from gs:// at 384px.
     Case("transfer.py", overrides=(
         _VIT_MU16, ("model_init", "{vit_mu16_npz}",
-                    "gs:// AugReg checkpoint: a freshly initialised mu/16 "
+                    "gs:// AugReg checkpoint: random params of a mu/16 "
                     "saved in the published layout (i21k head, 224px "
                     "posemb, resampled to 384px by vit.load)")),
          metrics=("val/prec@1", "test/prec@1")),
@@ -230,7 +230,7 @@ CASES = [
                   "fewshot/pets_10shot")),
     Case("proj/scaling_laws/train_vit_g.py", "dataset=jft,fsdp=2",
          overrides=(_VIT_MU16, _FEWSHOT_IN1K), metrics=("val/prec@1",)),
-    # The teacher: an initialised (untrained) ViT of the config's own
+    # The teacher: random (untrained) params of the config's own
     # TEACHER_MODEL, saved as an .npz (what step 1 of its docstring trains).
     Case("proj/distill/digits.py", "teacher={distill_teacher_npz}",
          embedded_data=True,
@@ -332,25 +332,45 @@ def recipe_data_dir(tmp_path_factory):
     os.environ["TFDS_DATA_DIR"] = old
 
 
+def _save_random_params(path, model, res):
+  """Random params with `model`'s exact tree (names, shapes, dtypes), as the
+  .npz of a released checkpoint.
+
+  A stand-in needs the layout, not flax's initialisers: `jax.eval_shape`
+  traces the model without compiling its init (several seconds of XLA per
+  model on 2 CPU cores). Values: LayerNorm scales 1, biases 0, every other
+  leaf N(0, 0.02^2), seeded.
+  """
+  shapes = jax.eval_shape(
+      model.init, jax.random.PRNGKey(0),
+      jax.ShapeDtypeStruct((1, res, res, 3), np.float32))["params"]
+  rng = np.random.default_rng(0)
+
+  def fill(keypath, leaf):
+    name = keypath[-1].key
+    if name == "scale":
+      return np.ones(leaf.shape, leaf.dtype)
+    if name == "bias":
+      return np.zeros(leaf.shape, leaf.dtype)
+    return (0.02 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
+
+  checkpoint.save_params(jax.tree_util.tree_map_with_path(fill, shapes), path)
+  return path
+
+
 def _save_vit(path, variant, num_classes):
   from big_vision.models import vit  # pylint: disable=g-import-not-at-top
   model = vit.Model(num_classes=num_classes, variant=variant,
                     pool_type="tok")
-  params = jax.jit(model.init)(jax.random.PRNGKey(0),
-                               np.zeros((1, 224, 224, 3), np.float32))
-  checkpoint.save_params(jax.device_get(params["params"]), path)
-  return path
+  return _save_random_params(path, model, 224)
 
 
 def _save_distill_teacher(path):
-  """The teacher proj/distill/digits.py names, initialised, as an .npz."""
+  """The teacher proj/distill/digits.py names (TEACHER_MODEL), as an .npz."""
   from big_vision.models import vit  # pylint: disable=g-import-not-at-top
   mod = importlib.import_module("big_vision.configs.proj.distill.digits")
   model = vit.Model(num_classes=10, **mod.TEACHER_MODEL)
-  params = jax.jit(model.init)(jax.random.PRNGKey(0),
-                               np.zeros((1, mod.RES, mod.RES, 3), np.float32))
-  checkpoint.save_params(jax.device_get(params["params"]), path)
-  return path
+  return _save_random_params(path, model, mod.RES)
 
 
 def _train_spm(prefix):
