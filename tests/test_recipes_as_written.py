@@ -42,6 +42,7 @@ import pytest
 from big_vision import checkpoint
 from big_vision import metric_writer
 from big_vision import train
+from big_vision import utils
 import recipe_data  # tests/ is on sys.path (rootdir conftest).
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -346,15 +347,14 @@ def _save_random_params(path, model, res):
       jax.ShapeDtypeStruct((1, res, res, 3), np.float32))["params"]
   rng = np.random.default_rng(0)
 
-  def fill(keypath, leaf):
-    name = keypath[-1].key
-    if name == "scale":
+  def fill(name, leaf):
+    if name.endswith("/scale"):
       return np.ones(leaf.shape, leaf.dtype)
-    if name == "bias":
+    if name.endswith("/bias"):
       return np.zeros(leaf.shape, leaf.dtype)
     return (0.02 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
 
-  checkpoint.save_params(jax.tree_util.tree_map_with_path(fill, shapes), path)
+  checkpoint.save_params(utils.tree_map_with_names(fill, shapes), path)
   return path
 
 
