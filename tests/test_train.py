@@ -206,3 +206,19 @@ def test_bad_config_fails_before_compiling(overrides, message, tmp_path,
   with pytest.raises(ValueError, match=message):
     train.train(config, str(tmp_path))
   assert not compiled, "the error must come before anything is compiled"
+
+
+def test_only_a_command_line_run_freezes_the_heap(monkeypatch):
+  """train._freeze_heap: a CLI process (one run) freezes what is alive and
+  raises the first-generation threshold; a process that may call train()
+  again (this one) keeps collecting, so earlier runs' garbage is freed."""
+  calls = []
+  monkeypatch.setattr(train.gc, "freeze", lambda: calls.append("freeze"))
+  monkeypatch.setattr(train.gc, "set_threshold",
+                      lambda *t: calls.append(t))
+  train._freeze_heap()
+  assert not calls
+  monkeypatch.setattr(train, "_ONE_RUN_PROCESS", True)
+  train._freeze_heap()
+  assert calls == ["freeze", (10_000, 10, 10)]
+
