@@ -123,16 +123,18 @@ def _randomize(params, seed=1):
 @pytest.mark.parametrize("pool_type", ["map", "gap"])
 def test_padding_changes_nothing(pool_type):
   model = _model(pool_type=pool_type)
+  apply = jax.jit(model.apply)  # Op by op, each test compiled ~300 ops.
   x16 = _batch(16)
-  params = _randomize(model.init(jax.random.PRNGKey(0), x16[:1])["params"])
-  logits, out = model.apply({"params": params}, x16)
+  params = _randomize(
+      jax.jit(model.init)(jax.random.PRNGKey(0), x16[:1])["params"])
+  logits, out = apply({"params": params}, x16)
   # The same patches, padded to 40 with zeros, or with garbage in padding.
   x40 = np.concatenate([x16, np.zeros((3, 24, x16.shape[-1]))], 1)
   garbage = np.random.RandomState(3).normal(size=x40.shape)
   garbage[..., -1] = 0
   x40g = np.where(x40[..., -1:] > 0, x40, garbage)
   for x in (x40, x40g):
-    logits2, out2 = model.apply({"params": params}, x)
+    logits2, out2 = apply({"params": params}, x)
     np.testing.assert_allclose(logits2, logits, atol=1e-5)
     m = out["mask"]
     np.testing.assert_allclose(np.asarray(out2["encoded"])[:, :16][m],
@@ -142,7 +144,8 @@ def test_padding_changes_nothing(pool_type):
 
 def test_several_sequence_lengths_and_vit_params():
   model = _model()
-  params = model.init(jax.random.PRNGKey(0), _batch(16)[:1])["params"]
+  apply = jax.jit(model.apply)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), _batch(16)[:1])["params"]
   # The parameters are a ViT's of the same size (names and shapes).
   vparams = vit.Model(num_classes=5, width=32, depth=2, mlp_dim=64,
                       num_heads=2, patch_size=P, pool_type="map").init(
@@ -150,7 +153,7 @@ def test_several_sequence_lengths_and_vit_params():
   shape = lambda t: jax.tree.map(lambda x: x.shape, t)
   assert shape(params) == shape(vparams["params"])
   for seq_len in (9, 16, 64):
-    logits, out = model.apply({"params": params}, _batch(seq_len))
+    logits, out = apply({"params": params}, _batch(seq_len))
     assert logits.shape == (3, 5) and out["encoded"].shape[1] == seq_len
     assert np.all(np.isfinite(logits))
 

@@ -36,8 +36,9 @@ def test_hybrid_forward_shapes_and_stem_output():
   model = vit.Model(10, width=32, depth=1, num_heads=2, mlp_dim=64,
                     patch_size=16, resnet=dict(num_layers=(1, 1, 1), width=1))
   x = jnp.ones((2, 32, 32, 3))
-  params = model.init(jax.random.PRNGKey(0), x)["params"]
-  logits, out = model.apply({"params": params}, x)
+  # Jitted: op by op, init and apply compiled ~190 ops one at a time.
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), x)["params"]
+  logits, out = jax.jit(model.apply)({"params": params}, x)
   assert logits.shape == (2, 10)
   stride = resnet_stem.output_stride((1, 1, 1))
   assert out["resnet"].shape[1:3] == (32 // stride, 32 // stride)
