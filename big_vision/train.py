@@ -16,7 +16,6 @@ _LAUNCH_TIME = time.time()  # Before the heavy imports below.
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import concurrent.futures
-import gc
 import logging as py_logging
 import os
 import signal
@@ -121,21 +120,11 @@ _ONE_RUN_PROCESS = False
 
 
 def _freeze_heap():
-  """Takes the objects alive now out of Python's cyclic garbage collector.
-
-  A launch allocates millions of long-lived objects (jax, flax, orbax and,
-  once real data is read, tensorflow), and tracing the step allocates a lot
-  more: every full collection walked all of them again, 1.2 s of the 7 s a
-  warm vit_digits launch takes to its first step. Frozen objects are never
-  scanned (gc.freeze); a larger first-generation threshold makes the
-  collections during tracing rarer. Only in a command-line run, whose
-  process holds one run: a process that calls train() again (tests, a
-  notebook) keeps the default collector, so earlier runs' garbage is still
-  collected.
-  """
+  """utils.freeze_gc_heap, only in a command-line run, whose process holds
+  one run: a process that calls train() again (tests, a notebook) keeps the
+  default collector, so earlier runs' garbage is still collected."""
   if _ONE_RUN_PROCESS:
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
+    utils.freeze_gc_heap()
 
 
 PAUSE_ENV = "BIG_VISION_TEST_PAUSE_AT_STEP"

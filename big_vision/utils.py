@@ -5,6 +5,7 @@ optimizer and tools can all use it.
 """
 import dataclasses
 import difflib
+import gc
 import re
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -296,6 +297,22 @@ class Chrono:
       s += f", ETA {_fmt_seconds(eta)}"
     s += f", elapsed {_fmt_seconds(time.monotonic() - self.start_time)}"
     return s
+
+
+def freeze_gc_heap():
+  """Takes every object alive now out of Python's cyclic garbage collector.
+
+  A process that has imported jax, flax and tensorflow holds about a million
+  long-lived objects, and tracing a step allocates millions of short-lived
+  ones: every full collection walked the long-lived ones again (1.2 s of a
+  7 s warm vit_digits launch, ~5% of a compile-heavy test). Frozen objects
+  are never scanned (gc.freeze), and a larger first-generation threshold
+  makes the collections during tracing rarer. Objects made later are still
+  collected; frozen ones are never freed, so call it where what is alive is
+  meant to live (after imports), not between runs.
+  """
+  gc.freeze()
+  gc.set_threshold(10_000, 10, 10)
 
 
 def _fmt_seconds(s: float) -> str:

@@ -66,19 +66,14 @@ def pytest_configure(config):
 
 
 def pytest_collection_finish(session):
-  """The heap of imports and collected tests leaves the cyclic collector.
-
-  Tracing a train step allocates millions of short-lived objects, and every
-  full collection also walked the ~1M long-lived ones of jax, flax and
-  tensorflow: about 5% of a recipe test's CPU. Frozen (gc.freeze) they are
-  never scanned again; a larger first-generation threshold makes the
-  collections during tracing rarer (train.py does the same in a
-  command-line run). Garbage that tests make is still collected.
-  """
+  """The heap of imports and collected tests leaves the cyclic collector
+  (utils.freeze_gc_heap, as train.py does in a command-line run): ~5% of a
+  recipe test's CPU went to full collections. Garbage that tests make is
+  still collected."""
   del session
+  from big_vision import utils  # pylint: disable=g-import-not-at-top
   gc.collect()
-  gc.freeze()
-  gc.set_threshold(10_000, 10, 10)
+  utils.freeze_gc_heap()
 
 
 def pytest_unconfigure(config):

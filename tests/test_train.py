@@ -1,4 +1,5 @@
 """End-to-end tests of big_vision/train.py on the embedded digits data."""
+import gc
 import glob
 import importlib.util
 import os
@@ -213,12 +214,11 @@ def test_only_a_command_line_run_freezes_the_heap(monkeypatch):
   raises the first-generation threshold; a process that may call train()
   again (this one) keeps collecting, so earlier runs' garbage is freed."""
   calls = []
-  monkeypatch.setattr(train.gc, "freeze", lambda: calls.append("freeze"))
-  monkeypatch.setattr(train.gc, "set_threshold",
+  monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+  monkeypatch.setattr(gc, "set_threshold",
                       lambda *t: calls.append(t))
   train._freeze_heap()
   assert not calls
   monkeypatch.setattr(train, "_ONE_RUN_PROCESS", True)
   train._freeze_heap()
   assert calls == ["freeze", (10_000, 10, 10)]
-
