@@ -1,7 +1,7 @@
 """Image-text training through the one trainer: objectives, LiT, the demo.
 
 The last test trains the siglip_demo config to completion: the one long test
-of the image-text suite (a few minutes on 2 CPU cores).
+of the image-text suite (about a minute on 2 idle CPU cores).
 """
 import importlib.util
 import itertools
