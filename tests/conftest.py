@@ -143,6 +143,10 @@ SLOW_TESTS = frozenset((
     "tests/test_siglip2.py::test_evaluators_run_a_naflex_tower_at_several_sequence_lengths",
     "tests/test_config_check.py::test_cli_prints_one_error_line_and_exits_2",
     "tests/models/test_vit_hybrid.py::test_hybrid_forward_shapes_and_stem_output",
+    # They train through train.py (a big_vision-style config; cifar10 as
+    # prepared by its own TFDS builder).
+    "tests/test_bigvision_config_compat.py::test_big_vision_style_config_trains_two_steps",
+    "tests/datasets/test_tfds_real_builders.py::test_cifar10_prepared_by_tfds_builder_then_trained",
 ))
 
 
