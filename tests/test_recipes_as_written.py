@@ -329,9 +329,8 @@ def recipe_data_dir(tmp_path_factory):
   # generated once per machine in their default directory (the rest of the
   # suite reads them there): linked, not generated again (~14 s of CPU).
   for name in datasets.embedded_names():
-    builder = datasets.prepare_embedded(name)
-    os.symlink(os.path.join(datasets.default_embedded_data_dir(),
-                            builder.name),
+    builder = datasets.prepare_embedded(name)  # data_dir: <dir>/<name>/<ver>
+    os.symlink(os.path.dirname(builder.data_dir),
                os.path.join(data_dir, builder.name))
   old = os.environ.get("TFDS_DATA_DIR")
   os.environ["TFDS_DATA_DIR"] = data_dir
