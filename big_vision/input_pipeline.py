@@ -25,6 +25,7 @@ jax.Arrays, `start_global` does that with a small look-ahead (device
 prefetch) so host->device copies overlap with compute.
 """
 import collections
+import concurrent.futures
 import itertools
 import math
 import re
@@ -571,10 +572,16 @@ def to_global(batch: Mapping[str, Any], sharding: jax.sharding.Sharding
 def start_global(iterator: Iterable[Mapping[str, Any]],
                  sharding: jax.sharding.Sharding, n_prefetch: int = 2
                  ) -> Iterator[dict[str, jax.Array]]:
-  """Yields global device batches, keeping `n_prefetch` copies in flight.
+  """Global device batches, keeping `n_prefetch` copies in flight.
 
-  Transfers are asynchronous: while the step on batch t runs, batches
-  t+1..t+n_prefetch are already being copied to the devices.
+  The first `n_prefetch` batches are fetched at once, on a thread: a
+  training pipeline fills its shuffle buffer and preprocesses them while
+  the caller initialises the model, restores a checkpoint and runs the
+  step-0 evaluators, instead of after them (tf.data starts its work only
+  when asked for an element). An error there (a corrupt example, a bad pp
+  op) is raised by the first `next`, as it would be without the thread.
+  After that, transfers are asynchronous: while the step on batch t runs,
+  batches t+1..t+n_prefetch are already being copied to the devices.
   """
   it = iter(iterator)
   queue = collections.deque()
@@ -583,7 +590,15 @@ def start_global(iterator: Iterable[Mapping[str, Any]],
     for batch in itertools.islice(it, n):
       queue.append(to_global(batch, sharding))
 
-  enqueue(max(1, n_prefetch))
+  pool = concurrent.futures.ThreadPoolExecutor(
+      1, thread_name_prefix="big_vision_first_batches")
+  started = pool.submit(enqueue, max(1, n_prefetch))
+  pool.shutdown(wait=False)  # The thread ends with that one task.
+  return _global_batches(queue, enqueue, started)
+
+
+def _global_batches(queue, enqueue, started: concurrent.futures.Future):
+  started.result()
   while queue:
     yield queue.popleft()
     enqueue(1)

@@ -156,6 +156,15 @@ def _test_pause(workdir: str, step: int):
     time.sleep(0.01)
 
 
+def _on_thread(fn, name: str) -> concurrent.futures.Future:
+  """Starts `fn()` on a thread of its own; `.result()` returns or raises
+  what it did."""
+  pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
+  future = pool.submit(fn)
+  pool.shutdown(wait=False)  # The thread ends with its one task.
+  return future
+
+
 def _compile_meanwhile(update_fn, *abstract_args) -> concurrent.futures.Future:
   """Compiles the train step on a thread while the state is initialised
   (or restored) and the step-0 evaluations run.
@@ -166,13 +175,8 @@ def _compile_meanwhile(update_fn, *abstract_args) -> concurrent.futures.Future:
   The loop's first call then finds the program in jit's caches (same
   function, same abstract signature): it is traced and compiled once.
   """
-  def compile_():
-    update_fn.lower(*abstract_args).compile()
-  pool = concurrent.futures.ThreadPoolExecutor(
-      1, thread_name_prefix="big_vision_compile")
-  future = pool.submit(compile_)
-  pool.shutdown(wait=False)
-  return future
+  return _on_thread(
+      lambda: update_fn.lower(*abstract_args).compile(), "big_vision_compile")
 
 
 def _join_compile(future: concurrent.futures.Future | None):
@@ -210,7 +214,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if first_step < total_steps:
     compiling = _compile_meanwhile(update_fn, prog.abstract_state(),
                                    prog.abstract_batch())
-  batches = program.train_batches(config, mesh, first_step)
+  # A fresh state is initialised on a thread too (its compile, or its read
+  # from the compilation cache, overlaps building the input pipeline and the
+  # evaluators); an error there is raised here, below. The train batches
+  # are started now: their first ones are prepared on a thread meanwhile
+  # (a finished run, relaunched, reads no data).
+  initializing = None if first_step else _on_thread(prog.init_state,
+                                                    "big_vision_init")
+  batches = (program.train_batches(config, mesh, first_step)
+             if first_step < total_steps else iter(()))
   logging.info("Model %s: %s parameters.", config.model_name,
                f"{utils.tree_count(prog.state_shape['params']):,}")
 
@@ -228,7 +240,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                  workdir)
     state = ckpt.restore(first_step, prog.state_shape, prog.shardings)
   else:
-    state = prog.init_state()
+    state = initializing.result()
 
   pause_at = os.environ.get(PAUSE_ENV)
   pause_at = int(pause_at) if pause_at else None

@@ -2,6 +2,8 @@
 import importlib.util
 import math
 import sys
+import threading
+import time
 
 import jax
 from jax.sharding import NamedSharding
@@ -231,6 +233,36 @@ def test_start_global_yields_all_batches_in_order():
   # Works on a tf.data pipeline directly, lazily (infinite stream).
   it = ip.start_global(ip.as_numpy(ds), sharding)
   np.testing.assert_array_equal(np.asarray(next(it)["id"]), host[0]["id"])
+
+
+def test_start_global_prepares_the_first_batches_before_they_are_asked_for():
+  """The first n_prefetch batches are pulled on a thread at once (a training
+  pipeline fills its shuffle buffer while the model initialises); the
+  rest only as the consumer goes; an error there surfaces at the first next."""
+  sharding = _sharding()
+  pulled = []
+  two_pulled = threading.Event()
+
+  def source():
+    for i in range(5):
+      pulled.append(i)
+      if len(pulled) == 2:
+        two_pulled.set()
+      yield {"id": np.full((16,), i, np.int32)}
+
+  it = ip.start_global(source(), sharding, n_prefetch=2)
+  assert two_pulled.wait(timeout=60)  # No next() yet.
+  time.sleep(0.05)  # A third pull would happen now if it were eager.
+  assert pulled == [0, 1]
+  assert [int(np.asarray(b["id"])[0]) for b in it] == [0, 1, 2, 3, 4]
+
+  def failing():
+    yield {"id": np.zeros((16,), np.int32)}
+    raise ValueError("corrupt example 17")
+
+  it = ip.start_global(failing(), sharding, n_prefetch=2)  # Does not raise.
+  with pytest.raises(ValueError, match="corrupt example 17"):
+    next(it)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("big_vision.pp.builder") is None,

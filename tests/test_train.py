@@ -180,6 +180,15 @@ def test_export_then_model_init_starts_from_those_params(tmp_path):
   for k, v in exported.items():
     np.testing.assert_array_equal(after[k], v, err_msg=k)
 
+  # A checkpoint that does not fit: the state is initialised on a thread of
+  # train(); its error reaches the caller, and no step is checkpointed.
+  bad = dict(exported, **{"head/kernel": np.zeros((5, 10), np.float32)})
+  checkpoint.save_params(utils.unflatten_dict(bad), npz)
+  with pytest.raises(ValueError, match=r"head/kernel: \(5, 10\) vs \(32, 10\)"):
+    train.train(tiny_digits(total_steps=1, model_init=npz),
+                str(tmp_path / "bad"))
+  assert not glob.glob(str(tmp_path / "bad" / "checkpoints" / "*[0-9]*"))
+
 
 @pytest.mark.parametrize("overrides,message", [
     (dict(input=dict(batch_size=12)), "not divisible by the 8"),
