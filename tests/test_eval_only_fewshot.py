@@ -1,5 +1,6 @@
 """Few-shot evaluator inside training and tools/eval_only.py on checkpoints."""
 import os
+import re
 import subprocess
 import sys
 
@@ -83,6 +84,25 @@ def test_eval_only_on_workdir_and_on_exported_npz(trained, tmp_path):
   lines = metric_writer.read(str(tmp_path / "eval_npz"))
   assert len(lines) == 1 and lines[0]["step"] == 0
   assert "test/prec@1" in lines[0] and "fewshot/digits_10shot" in lines[0]
+
+  # tools/bench_evals.py times the same evaluators on the same params: each
+  # line prints its first metric, which must be eval_only's.
+  bench = subprocess.run(
+      [sys.executable, os.path.join(REPO, "tools", "bench_evals.py"),
+       "--config", os.path.join(REPO, "big_vision/configs/vit_digits.py:runlocal"),
+       f"--config.model_init={npz}", "--repeats=1"],
+      capture_output=True, text=True, timeout=600)
+  assert bench.returncode == 0, bench.stderr[-3000:]
+  printed = {}
+  for line in bench.stdout.splitlines():
+    m = re.fullmatch(r"(\w+): first ([\d.]+) s, then ([\d.]+) s \(median of 1\), "
+                     r"(\S+) = ([-\d.]+)", line)
+    if m:
+      assert float(m[2]) > 0 and float(m[3]) > 0, line
+      printed[m[4]] = float(m[5])
+  assert sorted(printed) == ["fewshot/digits_10shot", "test/loss"], bench.stdout
+  for name, value in printed.items():
+    assert value == pytest.approx(lines[0][name], abs=1e-5), name
 
 
 def _predict_fn():

@@ -12,6 +12,7 @@ Config:
 other key is passed to the Evaluator, so a typo there is a TypeError naming the
 evaluator, raised when evaluators are built (before training starts).
 """
+import collections
 import dataclasses
 import inspect
 from typing import Any, Callable, Iterator
@@ -159,6 +160,9 @@ def _select(predict_fn, selection: str) -> Callable:
 
 
 _COMPILED: dict[tuple[Any, str], Callable] = {}
+# Batches whose outputs stay on the devices while the next are dispatched
+# (features_and_labels).
+_IN_FLIGHT = 2
 _WITH_KW: dict[tuple[Any, tuple], Callable] = {}
 
 
@@ -222,12 +226,28 @@ def features_and_labels(features_fn, params, data, pp, batch_size: int, mesh,
                         label_key: str) -> tuple[np.ndarray, np.ndarray]:
   """(float32 [N, D] features, int64 [N] labels) of every real example of a
   split, on the host: what the frozen-feature evaluators (fewshot_lsr, knn)
-  fit and score. One-hot labels are turned into class indices."""
+  fit and score. One-hot labels are turned into class indices.
+
+  A batch's features are fetched to the host only once the next
+  `_IN_FLIGHT` batches are dispatched: the devices compute while the host
+  prepares and transfers the next ones, instead of waiting for each.
+  """
   xs, ys = [], []
-  for batch in eval_batches(data, pp, batch_size, mesh):
-    mask = to_host(batch["_mask"]).astype(bool)
-    x = to_host(features_fn(params, batch))[mask]
+  pending = collections.deque()
+
+  def fetch():
+    feats, mask, labels = pending.popleft()
+    mask = to_host(mask).astype(bool)
+    x = to_host(feats)[mask]
     xs.append(x.reshape(len(x), -1).astype(np.float32))
-    y = to_host(batch[label_key])
+    y = to_host(labels)
     ys.append((y.argmax(-1) if y.ndim == 2 else y)[mask])
+
+  for batch in eval_batches(data, pp, batch_size, mesh):
+    pending.append((features_fn(params, batch), batch["_mask"],
+                    batch[label_key]))
+    if len(pending) > _IN_FLIGHT:
+      fetch()
+  while pending:
+    fetch()
   return np.concatenate(xs), np.concatenate(ys).astype(np.int64)

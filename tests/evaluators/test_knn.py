@@ -138,6 +138,19 @@ def test_evaluator_on_digits_pixels():
   train_x, train_y = ev._compute({}, "digits", "train", pp)
   test_x, test_y = ev._compute({}, "digits", "test", pp)
   assert train_x.shape == (1500, 192) and test_x.shape == (297, 192)
+  # The features are fetched a few batches behind the dispatch
+  # (common.features_and_labels): still every real example once, in order,
+  # with its label: the host pipeline's batches (24, the last padded).
+  from big_vision import input_pipeline  # pylint: disable=g-import-not-at-top
+  batches, n = input_pipeline.make_for_inference(
+      dict(name="digits", split="train"), pp, 64)
+  host = list(batches)
+  assert n == len(host) == 24
+  real = [b["_mask"].astype(bool) for b in host]
+  np.testing.assert_array_equal(train_x, np.concatenate(
+      [b["image"].reshape(len(b["image"]), -1)[m] for b, m in zip(host, real)]))
+  np.testing.assert_array_equal(train_y, np.concatenate(
+      [b["label"][m] for b, m in zip(host, real)]))
   # The reference, vectorised over train rows (a full float64 sort).
   unit = lambda x: x / np.linalg.norm(x.astype(np.float64), axis=1,
                                       keepdims=True)
