@@ -36,6 +36,7 @@ import numpy as np
 from big_vision.datasets.tf_import import tf
 
 from big_vision import datasets
+from big_vision import utils
 from big_vision.datasets import core as ds_core
 
 PpFn = Callable[[dict], dict]
@@ -574,14 +575,16 @@ def start_global(iterator: Iterable[Mapping[str, Any]],
                  ) -> Iterator[dict[str, jax.Array]]:
   """Global device batches, keeping `n_prefetch` copies in flight.
 
-  The first `n_prefetch` batches are fetched at once, on a thread: a
-  training pipeline fills its shuffle buffer and preprocesses them while
-  the caller initialises the model, restores a checkpoint and runs the
-  step-0 evaluators, instead of after them (tf.data starts its work only
-  when asked for an element). An error there (a corrupt example, a bad pp
-  op) is raised by the first `next`, as it would be without the thread.
-  After that, transfers are asynchronous: while the step on batch t runs,
-  batches t+1..t+n_prefetch are already being copied to the devices.
+  Eager: the first `n_prefetch` batches are fetched at the call, on a
+  thread, whether or not the result is ever iterated. A training pipeline
+  thus fills its shuffle buffer and preprocesses them while the caller
+  initialises the model, restores a checkpoint and runs the step-0
+  evaluators, instead of after them (tf.data starts its work only when
+  asked for an element); those batches and the buffer are held from the
+  call on. An error there (a corrupt example, a bad pp op) is raised by the
+  first `next`, as it would be without the thread. After that, transfers
+  are asynchronous: while the step on batch t runs, batches
+  t+1..t+n_prefetch are already being copied to the devices.
   """
   it = iter(iterator)
   queue = collections.deque()
@@ -590,10 +593,8 @@ def start_global(iterator: Iterable[Mapping[str, Any]],
     for batch in itertools.islice(it, n):
       queue.append(to_global(batch, sharding))
 
-  pool = concurrent.futures.ThreadPoolExecutor(
-      1, thread_name_prefix="big_vision_first_batches")
-  started = pool.submit(enqueue, max(1, n_prefetch))
-  pool.shutdown(wait=False)  # The thread ends with that one task.
+  started = utils.on_thread(lambda: enqueue(max(1, n_prefetch)),
+                            "big_vision_first_batches")
   return _global_batches(queue, enqueue, started)
 
 

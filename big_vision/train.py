@@ -156,15 +156,6 @@ def _test_pause(workdir: str, step: int):
     time.sleep(0.01)
 
 
-def _on_thread(fn, name: str) -> concurrent.futures.Future:
-  """Starts `fn()` on a thread of its own; `.result()` returns or raises
-  what it did."""
-  pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
-  future = pool.submit(fn)
-  pool.shutdown(wait=False)  # The thread ends with its one task.
-  return future
-
-
 def _compile_meanwhile(update_fn, *abstract_args) -> concurrent.futures.Future:
   """Compiles the train step on a thread while the state is initialised
   (or restored) and the step-0 evaluations run.
@@ -175,7 +166,7 @@ def _compile_meanwhile(update_fn, *abstract_args) -> concurrent.futures.Future:
   The loop's first call then finds the program in jit's caches (same
   function, same abstract signature): it is traced and compiled once.
   """
-  return _on_thread(
+  return utils.on_thread(
       lambda: update_fn.lower(*abstract_args).compile(), "big_vision_compile")
 
 
@@ -214,26 +205,31 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if first_step < total_steps:
     compiling = _compile_meanwhile(update_fn, prog.abstract_state(),
                                    prog.abstract_batch())
-  # A fresh state is initialised on a thread too (its compile, or its read
-  # from the compilation cache, overlaps building the input pipeline and the
-  # evaluators); an error there is raised here, below. The train batches
-  # are started now: their first ones are prepared on a thread meanwhile
-  # (a finished run, relaunched, reads no data).
-  initializing = None if first_step else _on_thread(prog.init_state,
-                                                    "big_vision_init")
-  batches = (program.train_batches(config, mesh, first_step)
-             if first_step < total_steps else iter(()))
-  logging.info("Model %s: %s parameters.", config.model_name,
-               f"{utils.tree_count(prog.state_shape['params']):,}")
-
-  # Lines after the restored step are redone; with no checkpoint, all are
-  # (the step-0 evals included), so every step appears exactly once.
-  writer = metric_writer.MetricWriter(
-      workdir, resume_step=first_step if first_step else -1)
-  evals = evaluators.from_config(config, prog.predict_fn, mesh,
-                                 total_steps=total_steps,
-                                 steps_per_epoch=steps_per_epoch,
-                                 batch_size=batch_size)
+  # A fresh state is initialised on a thread too: its compile (or its read
+  # from the compilation cache) overlaps building the input pipeline and
+  # the evaluators. Nothing from here to `initializing.result()` may run a
+  # multi-process collective (the init program may be running one). The
+  # train batches start now: their first ones are prepared on a thread
+  # meanwhile (a finished run, relaunched, reads no data).
+  initializing = None if first_step else utils.on_thread(prog.init_state,
+                                                         "big_vision_init")
+  try:
+    batches = (program.train_batches(config, mesh, first_step)
+               if first_step < total_steps else iter(()))
+    logging.info("Model %s: %s parameters.", config.model_name,
+                 f"{utils.tree_count(prog.state_shape['params']):,}")
+    # Lines after the restored step are redone; with no checkpoint, all are
+    # (the step-0 evals included), so every step appears exactly once.
+    writer = metric_writer.MetricWriter(
+        workdir, resume_step=first_step if first_step else -1)
+    evals = evaluators.from_config(config, prog.predict_fn, mesh,
+                                   total_steps=total_steps,
+                                   steps_per_epoch=steps_per_epoch,
+                                   batch_size=batch_size)
+  except BaseException:
+    if initializing is not None:  # Not left running behind the error.
+      concurrent.futures.wait([initializing])
+    raise
 
   if first_step:
     logging.info("Resuming from the checkpoint of step %d in %s.", first_step,

@@ -3,6 +3,7 @@
 Imports only numpy and jax (no tensorflow, no flax), so that models, the
 optimizer and tools can all use it.
 """
+import concurrent.futures
 import dataclasses
 import difflib
 import gc
@@ -297,6 +298,15 @@ class Chrono:
       s += f", ETA {_fmt_seconds(eta)}"
     s += f", elapsed {_fmt_seconds(time.monotonic() - self.start_time)}"
     return s
+
+
+def on_thread(fn: Callable[[], Any], name: str) -> concurrent.futures.Future:
+  """Starts `fn()` on a thread of its own, at once; `.result()` returns or
+  raises what it did. Python waits for the thread at exit."""
+  pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
+  future = pool.submit(fn)
+  pool.shutdown(wait=False)  # The thread ends with its one task.
+  return future
 
 
 def freeze_gc_heap():

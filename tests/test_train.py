@@ -13,6 +13,7 @@ import pytest
 
 from big_vision import checkpoint
 from big_vision import metric_writer
+from big_vision import program
 from big_vision import train
 from big_vision import utils
 
@@ -73,7 +74,6 @@ def test_every_config_runlocal_builds_reads_data_and_traces(config_file,
   # pylint: disable=g-import-not-at-top
   from big_vision import config_check
   from big_vision.evaluators import common as evaluators
-  from big_vision import program
   # pylint: enable=g-import-not-at-top
   config = load_config(os.path.join(REPO, config_file),
                        runlocal_arg(config_file, tmp_path))
@@ -122,7 +122,8 @@ class _UpdateCompiles:
     return out
 
 
-def test_resume_continues_from_checkpoint_and_matches_uninterrupted(tmp_path):
+def test_resume_continues_from_checkpoint_and_matches_uninterrupted(
+    tmp_path, monkeypatch):
   compiles = _UpdateCompiles()
   jax.monitoring.register_event_duration_secs_listener(compiles)
   try:
@@ -139,9 +140,14 @@ def test_resume_continues_from_checkpoint_and_matches_uninterrupted(tmp_path):
     train.train(tiny_digits(total_steps=6, ckpt_steps=3),
                 str(tmp_path / "resumed"))
     resumed = compiles.take()
-    # Relaunched once finished: nothing to train, so nothing compiled.
-    train.train(tiny_digits(total_steps=6, ckpt_steps=3),
-                str(tmp_path / "resumed"))
+    # Relaunched once finished: nothing to train, so nothing compiled and
+    # no training data read.
+    def no_data(*args, **kwargs):
+      raise AssertionError("a finished run read training data")
+    with monkeypatch.context() as m:
+      m.setattr(program, "train_batches", no_data)
+      train.train(tiny_digits(total_steps=6, ckpt_steps=3),
+                  str(tmp_path / "resumed"))
   finally:
     jax.monitoring.unregister_event_duration_listener(compiles)
   # Each run traced and compiled its step once, ahead, on the compile

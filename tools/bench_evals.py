@@ -13,8 +13,11 @@ later eval of a run costs). One line per evaluator:
   <name>: first <s> s, then <s> s (median of <n>), <metric> = <value>
 
 The metric shown is the evaluator's first one, so that a change meant only
-to make it faster can be seen to leave its numbers alone. A bad config or
-flag is one `error:` line and exit status 2, as in training.
+to make it faster can be seen to leave its numbers alone. As in training,
+big_vision's XLA flags are applied and JAX's persistent compilation cache
+is on (`--compilation_cache=DIR|off`; a warm cache makes `first` what a
+relaunch pays), and a bad config or flag is one `error:` line and exit
+status 2.
 """
 import os
 import statistics
@@ -27,11 +30,15 @@ from ml_collections import config_flags
 
 
 def define_flags():
-  """Defined only when run as a script (tests import this module)."""
+  """Defined only when run as a script, so that the module can be imported
+  next to big_vision.train (which defines --config too)."""
   config_flags.DEFINE_config_file(
       "config", None, "Config module whose evaluators are timed.",
       lock_config=False, accept_new_attributes=True)
   flags.DEFINE_integer("repeats", 3, "Timed runs after the first one.")
+  flags.DEFINE_string("compilation_cache", "auto",
+                      "JAX persistent compilation cache: a directory, "
+                      "'auto' (as training) or 'off'.")
 
 
 def time_evaluators(config, repeats: int) -> list[dict]:
@@ -77,14 +84,20 @@ def main(argv):
     raise app.UsageError("--config is required.")
   if fl.repeats < 0:
     raise app.UsageError(f"--repeats={fl.repeats} must be >= 0.")
-  from big_vision import config_check  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from big_vision import compile_cache
+  from big_vision import config_check
+  from big_vision import xla_flags
+  # pylint: enable=g-import-not-at-top
+  xla_flags.apply()  # Before jax touches a backend, as train.main.
+  compile_cache.enable(fl.compilation_cache)
   config = fl.config
   config_check.apply_override_precedence(config, sys.argv, log=print)
   if not config.get("evals"):
     raise app.UsageError("The config has no evaluators (config.evals).")
   try:
-    config_check.validate(config)
-    rows = time_evaluators(config, fl.repeats)
+    config_check.validate(config)  # Clear errors first; then built anew
+    rows = time_evaluators(config, fl.repeats)  # without optimizer state.
   except ValueError as e:  # ConfigError included: one line, no traceback.
     print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
     sys.exit(2)

@@ -160,9 +160,6 @@ def _select(predict_fn, selection: str) -> Callable:
 
 
 _COMPILED: dict[tuple[Any, str], Callable] = {}
-# Batches whose outputs stay on the devices while the next are dispatched
-# (features_and_labels).
-_IN_FLIGHT = 2
 _WITH_KW: dict[tuple[Any, tuple], Callable] = {}
 
 
@@ -220,6 +217,11 @@ def to_host(x) -> np.ndarray:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     x = multihost_utils.process_allgather(x, tiled=True)
   return np.asarray(x)
+
+
+# Batches dispatched ahead of the one whose features are fetched to the host
+# (features_and_labels).
+_IN_FLIGHT = 2
 
 
 def features_and_labels(features_fn, params, data, pp, batch_size: int, mesh,
