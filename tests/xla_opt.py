@@ -24,7 +24,7 @@ import os
 
 FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
 # XLA aborts the process when the 8 virtual devices of a CPU collective
-# arrive more than 40 s apart (its default). On 2 cores shared by two test
+# arrive more than 40 s apart (its default). On 2 cores shared by the test
 # workers and their trainers a device thread can wait that long: a whole
 # worker died with "Fatal Python error: Aborted" inside a train step. The
 # test processes wait 20 minutes instead (a real hang still ends).
