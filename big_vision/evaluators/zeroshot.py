@@ -63,16 +63,32 @@ def tokenize_texts(texts: Sequence[str], pp_txt: str) -> np.ndarray:
   return _tokenize_once(tuple(texts), pp_txt)
 
 
+# Texts per call of a per-string pp_txt (bounds its string tensors).
+_TEXTS_PER_CALL = 4096
+
+
 @functools.lru_cache(maxsize=16)
 def _tokenize_once(texts: tuple[str, ...], pp_txt: str) -> np.ndarray:
+  """`tokenize_texts`, computed. A pp_txt made only of ops_text's
+  PER_STRING_OPS (the usual "tokenize(...)", with lower/strip_punctuation)
+  runs on vectors of texts: one tokenizer call per 4,096 texts instead of a
+  tf.data element and a tf.numpy_function call per text (ImageNet's 12,000
+  "photos" prompts: ~0.2 s instead of ~3-4 s on 2 CPU cores). Any other
+  pp_txt runs text by text; both give the same array."""
   from big_vision.datasets.tf_import import tf  # pylint: disable=g-import-not-at-top
   from big_vision.pp import builder  # pylint: disable=g-import-not-at-top
+  from big_vision.pp import ops_text  # pylint: disable=g-import-not-at-top
   from big_vision.datasets import core  # pylint: disable=g-import-not-at-top
   pp = builder.get_preprocess_fn(pp_txt)
-  ds = tf.data.Dataset.from_tensor_slices({"texts": list(texts)})
-  ds = core.map_traced_plainly(
-      ds, lambda ex: {"labels": pp(ex)["labels"]}).batch(1024)
-  parts = [b["labels"] for b in ds.as_numpy_iterator()]
+  if set(builder.op_names(pp_txt)) <= ops_text.PER_STRING_OPS:
+    parts = [np.asarray(pp({"texts": tf.constant(
+        list(texts[i:i + _TEXTS_PER_CALL]), tf.string)})["labels"])
+             for i in range(0, len(texts), _TEXTS_PER_CALL)]
+  else:
+    ds = tf.data.Dataset.from_tensor_slices({"texts": list(texts)})
+    ds = core.map_traced_plainly(
+        ds, lambda ex: {"labels": pp(ex)["labels"]}).batch(1024)
+    parts = [b["labels"] for b in ds.as_numpy_iterator()]
   out = np.concatenate(parts) if parts else np.zeros((0, 1), np.int32)
   if out.ndim != 2:
     raise ValueError(f"pp_txt {pp_txt!r} must turn one text into a [length] "

@@ -56,10 +56,8 @@ def get_preprocess_fn(pp_str: str, log_data: bool = False) -> PreprocessFn:
   if not isinstance(pp_str, str):
     raise ValueError(f"pp string must be a str, got {type(pp_str).__name__}: "
                      f"{pp_str!r}.")
-  specs = [s.strip() for s in registry.split_outside_strings(pp_str, "|")]
-  specs = [s for s in specs if s]  # Allows "a|" + "b" style concatenation.
   ops = [(f"op #{i} {spec!r}", _build_op(spec, i, pp_str))
-         for i, spec in enumerate(specs, start=1)]
+         for i, spec in enumerate(_op_specs(pp_str), start=1)]
 
   def _preprocess(data):
     if not isinstance(data, dict):
@@ -82,6 +80,26 @@ def get_preprocess_fn(pp_str: str, log_data: bool = False) -> PreprocessFn:
     return data
 
   return _preprocess
+
+
+def _op_specs(pp_str: str) -> list[str]:
+  """The op specs of a pp string ("resize(224)", ...), in order."""
+  specs = [s.strip() for s in registry.split_outside_strings(pp_str, "|")]
+  return [s for s in specs if s]  # Allows "a|" + "b" style concatenation.
+
+
+def op_names(pp_str: str) -> list[str]:
+  """The names of the ops of `pp_str`, in order ("decode|resize(224)" ->
+  ["decode", "resize"]). Parses without building the ops; a malformed spec
+  is the ValueError `get_preprocess_fn` would raise for it."""
+  names = []
+  for i, spec in enumerate(_op_specs(pp_str or ""), start=1):
+    try:
+      names.append(registry.parse_name(spec)[0])
+    except ValueError as e:
+      raise ValueError(f"Cannot parse op #{i} {spec!r} in pp string "
+                       f"{pp_str!r}: {e}") from None
+  return names
 
 
 def pp_module_names() -> list[str]:

@@ -45,6 +45,12 @@ NAMED_MODELS = {
 }
 EOS_MODES = ("none", "yes", "sticky")
 
+# Ops that transform every string of their input tensor on its own: run on a
+# vector of n texts, a pp string made only of them gives what n runs on the
+# single texts give (the zero-shot evaluators tokenize their prompts so, in
+# one call instead of one tf.data element per prompt).
+PER_STRING_OPS = frozenset({"tokenize", "lower", "strip_punctuation"})
+
 _truncated = collections.Counter()
 _lock = threading.Lock()
 

@@ -309,3 +309,38 @@ def test_zeroshot_evaluators_tokenize_the_same_prompts_once(mesh, monkeypatch):
   assert tokens.shape == (len(texts), 12)
   evaluator(prompts[:1])
   assert built.count(TOKENIZE) == 2
+
+
+def test_zeroshot_tokenizes_per_string_pp_in_vector_calls_as_text_by_text(
+    monkeypatch):
+  """A pp_txt made only of per-string ops (strip_punctuation, lower,
+  tokenize) runs on vectors of texts (here 4 per call, so several calls);
+  another pp_txt (a strfmt that rewrites the same texts) runs through
+  tf.data, text by text. Both arrays equal the pp run eagerly on each text
+  alone, including an empty text and one longer than the 12 tokens."""
+  from big_vision.datasets import core  # pylint: disable=g-import-not-at-top
+  from big_vision.datasets.tf_import import tf  # pylint: disable=g-import-not-at-top
+  texts = tuple(f"A {n.upper()}, shape!" for n in shapes_captions.SHAPES) + (
+      "", "circle " * 20, "Red square.", "(blue) triangle")
+  per_string = "strip_punctuation|lower|" + TOKENIZE
+  other = "strfmt('{texts}', outkey='texts')|" + per_string
+  assert builder.op_names(other) == ["strfmt", "strip_punctuation", "lower",
+                                     "tokenize"]
+  mapped = []
+  real_map = core.map_traced_plainly
+  monkeypatch.setattr(core, "map_traced_plainly",
+                      lambda ds, fn: mapped.append(1) or real_map(ds, fn))
+  monkeypatch.setattr(zeroshot, "_TEXTS_PER_CALL", 4)
+  zeroshot._tokenize_once.cache_clear()  # pylint: disable=protected-access
+  fast = zeroshot.tokenize_texts(texts, per_string)
+  assert not mapped  # Vector calls: no tf.data.
+  slow = zeroshot.tokenize_texts(texts, other)
+  assert mapped == [1]
+  pp = builder.get_preprocess_fn(per_string)
+  expected = np.stack([pp({"texts": tf.constant(t)})["labels"].numpy()
+                       for t in texts])
+  assert expected.shape == (len(texts), 12) and expected.dtype == np.int32
+  assert expected[-3].all() and not expected[-4].any()  # Long; empty.
+  for got in (fast, slow):
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, expected)

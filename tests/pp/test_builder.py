@@ -136,3 +136,14 @@ def test_log_data(caplog):
   text = caplog.text
   assert "op #1 'resize(8)'" in text and "image: uint8[8, 8, 3]" in text
   assert "image: float32[8, 8, 3]" in text
+
+
+def test_op_names_parse_without_building():
+  """Names in order, '|' inside strings kept, empty pieces skipped; no op is
+  built (an unknown op is only a name here), a malformed spec names itself."""
+  assert builder.op_names("") == []
+  assert builder.op_names(
+      "decode|resize(224)||strfmt('a|b {x}')|no_such_op(1)") == [
+          "decode", "resize", "strfmt", "no_such_op"]
+  with pytest.raises(ValueError, match=r"op #2 'resize\(224' in pp string"):
+    builder.op_names("decode|resize(224")
