@@ -92,14 +92,8 @@ def op_names(pp_str: str) -> list[str]:
   """The names of the ops of `pp_str`, in order ("decode|resize(224)" ->
   ["decode", "resize"]). Parses without building the ops; a malformed spec
   is the ValueError `get_preprocess_fn` would raise for it."""
-  names = []
-  for i, spec in enumerate(_op_specs(pp_str or ""), start=1):
-    try:
-      names.append(registry.parse_name(spec)[0])
-    except ValueError as e:
-      raise ValueError(f"Cannot parse op #{i} {spec!r} in pp string "
-                       f"{pp_str!r}: {e}") from None
-  return names
+  return [_parse_op(spec, i, pp_str)[0]
+          for i, spec in enumerate(_op_specs(pp_str or ""), start=1)]
 
 
 def pp_module_names() -> list[str]:
@@ -137,13 +131,23 @@ def available_ops() -> list[str]:
   return [n[len(PREFIX) + 1:] for n in registry.Registry.names(PREFIX + ".")]
 
 
+def _where(spec, position, pp_str):
+  return f"op #{position} {spec!r} in pp string {pp_str!r}"
+
+
+def _parse_op(spec, position, pp_str):
+  """(name, args, kwargs) of one op spec; a ValueError that says where."""
+  try:
+    return registry.parse_name(spec)
+  except ValueError as e:
+    raise ValueError(
+        f"Cannot parse {_where(spec, position, pp_str)}: {e}") from None
+
+
 def _build_op(spec, position, pp_str):
   """Parses, looks up and constructs one op; any failure is a ValueError."""
-  where = f"op #{position} {spec!r} in pp string {pp_str!r}"
-  try:
-    name, args, kwargs = registry.parse_name(spec)
-  except ValueError as e:
-    raise ValueError(f"Cannot parse {where}: {e}") from None
+  where = _where(spec, position, pp_str)
+  name, args, kwargs = _parse_op(spec, position, pp_str)
   try:
     factory = registry.Registry.lookup(f"{PREFIX}.{name}")
   except ValueError:
