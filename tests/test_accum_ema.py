@@ -1,5 +1,7 @@
 """Gradient accumulation and parameter EMA, as implemented in train.py."""
+import json
 import os
+import subprocess
 import sys
 
 import jax
@@ -20,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 BATCH, RES = 64, 32
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(**overrides):
@@ -209,3 +212,32 @@ def test_ema_with_model_init(tmp_path):
                                   model_init=str(tmp_path / "pre"))
   final = train.train(config, str(tmp_path / "ft"))
   assert np.isfinite(final["training_loss"])
+
+
+def test_bench_accum_cli_reports_the_transfer_step_memory(tmp_path):
+  """tools/bench_accum.py as documented, on ViT-Ti/16 at 32px (5 tokens per
+  image: the activations of 256 images outweigh the 5.5M parameters)."""
+  out = str(tmp_path / "rows.json")
+  tool = os.path.join(REPO, "tools", "bench_accum.py")
+  proc = subprocess.run(
+      [sys.executable, tool, "--model", "Ti/16", "--crop", "32",
+       "--batch", "256", "--accum", "1,4", "--devices", "1", "--json", out],
+      capture_output=True, text=True, cwd=REPO, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  one, four = json.load(open(out))
+  # ViT-Ti/16 (width 192, MLP 768, 12 blocks) at 32px: stem, class token,
+  # posemb of the 4 patches (the class token gets none), blocks, encoder
+  # norm, and cifar10's 10-way head (transfer.py's default dataset).
+  w, m, d, c, p, n = 192, 768, 12, 10, 16, 4
+  block = 4 * w + 4 * (w * w + w) + 2 * w * m + m + w
+  want = p * p * 3 * w + w + w + n * w + d * block + 2 * w + w * c + c
+  for row, k in ((one, 1), (four, 4)):
+    assert row["params"] == want
+    assert row["accum"] == k and row["devices"] == 1
+    assert row["micro_batch_per_device"] == 256 // k
+  # The same state and batch go in; the state comes back in its buffers.
+  assert one["args_gib"] == four["args_gib"] >= 4 * want / 2**30
+  assert one["alias_gib"] == four["alias_gib"] > 0
+  # Micro-batches of 64 keep a quarter of the activations alive.
+  assert four["temp_gib"] < 0.6 * one["temp_gib"], (one, four)
+  assert f"{want:,} params" in proc.stdout

@@ -1,9 +1,10 @@
 r"""Memory of the transfer train step vs gradient accumulation (compile only).
 
-Builds exactly the step `train.py` runs for `configs/transfer.py` (model,
-objective, optimizer, shardings, `make_update_fn` with `accum_steps`), from
-`jax.eval_shape`'d state: nothing is allocated and nothing executes, so a
-ViT-B/16 step at batch 512 can be analysed on a laptop CPU. Reports XLA's
+Builds exactly the step `train.py` runs for `configs/transfer.py`, with
+`program.build` (model, objective, optimizer, shardings, the step with
+`accum_steps`), from `jax.eval_shape`'d state: nothing is allocated and
+nothing executes, so a ViT-B/16 step at batch 512 can be analysed on a
+laptop CPU. Reports XLA's
 `memory_analysis()` of the compiled step, per device:
 
   temp  = activations + scratch (what accumulation shrinks),
@@ -25,47 +26,33 @@ import time
 
 
 def _measure(model_name, crop, batch, accum):
+  """One row: the compiled train step of transfer.py at these settings."""
   # Imported here, after main() has set XLA_FLAGS (the device count).
   # pylint: disable=g-import-not-at-top
   import jax
   import numpy as np
-  import optax
-  from big_vision import objectives
-  from big_vision import optax as bv_optax
-  from big_vision import sharding
-  from big_vision import train
+  from big_vision import program
+  from big_vision import utils
   from big_vision.configs import transfer
   # pylint: enable=g-import-not-at-top
 
   config = transfer.get_config(f"model={model_name},crop={crop},"
                                f"batch_size={batch},accum_steps={accum}")
-  mesh = sharding.make_mesh(config.get("mesh"))
-  _, model = train.create_model(config)
-  objective = objectives.make(config, model, mesh)
-  specs = {"image": ((batch, crop, crop, 3), np.float32)}
-  rng = jax.random.PRNGKey(0)
-  params_shape = jax.eval_shape(
-      lambda r: train.init_fn_for(config, model, optax.identity(), specs)(r)
-      ["params"], rng)
-  tx, _ = bv_optax.make(config, params_shape,
-                        sched_kw=dict(total_steps=config.total_steps))
-  state_shape = jax.eval_shape(train.init_fn_for(config, model, tx, specs),
-                               rng)
-  shardings = train.state_shardings(config, mesh, state_shape)
-  update = train.make_update_fn(config, objective, tx, mesh, shardings)
-  batch_shape = {
-      "image": jax.ShapeDtypeStruct((batch, crop, crop, 3), np.float32),
-      "labels": jax.ShapeDtypeStruct((batch, config.num_classes), np.float32)}
+  # The batch as the config's pp makes it, without reading the dataset
+  # (its size only sizes epoch-based schedules: transfer.py counts steps).
+  specs = {"image": ((batch, crop, crop, 3), np.float32),
+           "labels": ((batch, config.num_classes), np.float32)}
+  prog = program.build(config, data=(batch * config.total_steps, specs))
   t0 = time.perf_counter()
-  compiled = update.lower(state_shape, batch_shape).compile()
+  compiled = prog.update_fn.lower(prog.abstract_state(),
+                                  prog.abstract_batch()).compile()
   compile_s = time.perf_counter() - t0
   mem = compiled.memory_analysis()
   gib = lambda b: round(b / 2**30, 3)
   return dict(model=model_name, crop=crop, batch=batch, accum=accum,
               devices=jax.device_count(),
               micro_batch_per_device=batch // accum // jax.device_count(),
-              params=int(sum(np.prod(x.shape) for x in
-                             jax.tree.leaves(params_shape))),
+              params=utils.tree_count(prog.state_shape["params"]),
               temp_gib=gib(mem.temp_size_in_bytes),
               args_gib=gib(mem.argument_size_in_bytes),
               out_gib=gib(mem.output_size_in_bytes),
