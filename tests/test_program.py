@@ -259,6 +259,26 @@ def test_frozen_tower_has_no_backward_pass():
   assert img_fwd <= full - frozen <= 2 * img_fwd, (full, frozen, img_fwd)
 
 
+@pytest.mark.parametrize("config_fn,entry", [
+    (lambda: _tiny(ema_decay=0.9), "ema_params"),
+    # Two towers, a decoder and the EMA teacher (objective.extra state).
+    (lambda: test_train.load_config(
+        os.path.join(CONFIGS, "proj", "siglip2", "siglip2_demo.py"),
+        "runlocal"), "teacher"),
+], ids=["vit_ema", "siglip2_extra_state"])
+def test_state_shape_is_what_the_init_function_returns(config_fn, entry):
+  """build() derives the state's shapes from the params' shapes (the model
+  is traced once); they must be exactly the init function's output."""
+  prog = program.build(config_fn())
+  want = jax.eval_shape(prog.init_fn(), prog.rng)
+  got = prog.state_shape
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  describe = lambda x: (x.shape, x.dtype, x.weak_type)
+  assert (jax.tree.leaves(jax.tree.map(describe, got))
+          == jax.tree.leaves(jax.tree.map(describe, want)))
+  assert set(got) == {"params", "opt", "step", entry}
+
+
 # ----------------------------------------------------------------------------
 # tools/bench.py on any config.
 # ----------------------------------------------------------------------------
