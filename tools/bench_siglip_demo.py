@@ -37,8 +37,11 @@ def main():
     speeds = [l["steps_per_sec"] for l in metric_writer.read(workdir)
               if "steps_per_sec" in l]
   first, speeds = speeds[0], speeds[1:] or speeds
-  print(f"first {config.log_training_steps} steps (with compilation): "
-        f"{first:.2f} steps/s")
+  window = min(config.log_training_steps, args.steps)
+  print(f"first {window} steps (with compilation): {first:.2f} steps/s")
+  if len(speeds) == 1 and args.steps <= config.log_training_steps:
+    print(f"(one logging window of {window} steps: the figures below include "
+          f"compilation; use --steps > {config.log_training_steps})")
   print(f"siglip_demo batch {args.batch}, {args.devices} device(s), "
         f"{args.steps} steps: median {np.median(speeds):.2f} steps/s "
         f"({np.median(speeds) * args.batch:.0f} img/s), min {min(speeds):.2f}, "
