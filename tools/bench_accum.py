@@ -4,8 +4,8 @@ Builds exactly the step `train.py` runs for `configs/transfer.py`, with
 `program.build` (model, objective, optimizer, shardings, the step with
 `accum_steps`), from `jax.eval_shape`'d state: nothing is allocated and
 nothing executes, so a ViT-B/16 step at batch 512 can be analysed on a
-laptop CPU. Reports XLA's
-`memory_analysis()` of the compiled step, per device:
+laptop CPU. Reports XLA's `memory_analysis()` of the compiled step, per
+device:
 
   temp  = activations + scratch (what accumulation shrinks),
   args  = train state + batch,  out = the new state (aliases args: donated).
