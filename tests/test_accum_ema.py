@@ -22,7 +22,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 BATCH, RES = 64, 32
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(**overrides):
@@ -218,11 +217,12 @@ def test_bench_accum_cli_reports_the_transfer_step_memory(tmp_path):
   """tools/bench_accum.py as documented, on ViT-Ti/16 at 32px (5 tokens per
   image: the activations of 256 images outweigh the 5.5M parameters)."""
   out = str(tmp_path / "rows.json")
-  tool = os.path.join(REPO, "tools", "bench_accum.py")
+  tool = os.path.join(test_train.REPO, "tools", "bench_accum.py")
   proc = subprocess.run(
       [sys.executable, tool, "--model", "Ti/16", "--crop", "32",
        "--batch", "256", "--accum", "1,4", "--devices", "1", "--json", out],
-      capture_output=True, text=True, cwd=REPO, timeout=600, check=False)
+      capture_output=True, text=True, cwd=test_train.REPO, timeout=600,
+      check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   one, four = json.load(open(out))
   # ViT-Ti/16 (width 192, MLP 768, 12 blocks) at 32px: stem, class token,

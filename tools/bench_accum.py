@@ -1,11 +1,11 @@
 r"""Memory of the transfer train step vs gradient accumulation (compile only).
 
-Builds exactly the step `train.py` runs for `configs/transfer.py`, with
-`program.build` (model, objective, optimizer, shardings, the step with
-`accum_steps`), from `jax.eval_shape`'d state: nothing is allocated and
-nothing executes, so a ViT-B/16 step at batch 512 can be analysed on a
-laptop CPU. Reports XLA's `memory_analysis()` of the compiled step, per
-device:
+`tools/plan.py` for `configs/transfer.py` at several `accum_steps`: the
+step `train.py` runs (`program.build`: model, objective, optimizer,
+shardings, the step with `accum_steps`), compiled from `jax.eval_shape`'d
+state: nothing is allocated and nothing executes, so a ViT-B/16 step at
+batch 512 can be analysed on a laptop CPU. Reports XLA's
+`memory_analysis()` of the compiled step, per device:
 
   temp  = activations + scratch (what accumulation shrinks),
   args  = train state + batch,  out = the new state (aliases args: donated).
@@ -22,42 +22,30 @@ import argparse
 import json
 import os
 import sys
-import time
 
 
 def _measure(model_name, crop, batch, accum):
-  """One row: the compiled train step of transfer.py at these settings."""
+  """One row: tools/plan.py's figures for transfer.py at these settings."""
   # Imported here, after main() has set XLA_FLAGS (the device count).
   # pylint: disable=g-import-not-at-top
   import jax
-  import numpy as np
-  from big_vision import program
-  from big_vision import utils
+  import plan  # tools/plan.py, beside this file.
   from big_vision.configs import transfer
   # pylint: enable=g-import-not-at-top
 
   config = transfer.get_config(f"model={model_name},crop={crop},"
                                f"batch_size={batch},accum_steps={accum}")
-  # The batch as the config's pp makes it, without reading the dataset
-  # (its size only sizes epoch-based schedules: transfer.py counts steps).
-  specs = {"image": ((batch, crop, crop, 3), np.float32),
-           "labels": ((batch, config.num_classes), np.float32)}
-  prog = program.build(config, data=(batch * config.total_steps, specs))
-  t0 = time.perf_counter()
-  compiled = prog.update_fn.lower(prog.abstract_state(),
-                                  prog.abstract_batch()).compile()
-  compile_s = time.perf_counter() - t0
-  mem = compiled.memory_analysis()
+  f = plan.plan(config, image_size=crop, log=lambda _: None)
   gib = lambda b: round(b / 2**30, 3)
   return dict(model=model_name, crop=crop, batch=batch, accum=accum,
-              devices=jax.device_count(),
-              micro_batch_per_device=batch // accum // jax.device_count(),
-              params=utils.tree_count(prog.state_shape["params"]),
-              temp_gib=gib(mem.temp_size_in_bytes),
-              args_gib=gib(mem.argument_size_in_bytes),
-              out_gib=gib(mem.output_size_in_bytes),
-              alias_gib=gib(mem.alias_size_in_bytes),
-              compile_s=round(compile_s, 1),
+              devices=f["devices"],
+              micro_batch_per_device=f["per_device_batch"] // accum,
+              params=f["params"],
+              temp_gib=gib(f["temp_bytes"]),
+              args_gib=gib(f["argument_bytes"]),
+              out_gib=gib(f["output_bytes"]),
+              alias_gib=gib(f["alias_bytes"]),
+              compile_s=round(f["compile_s"], 1),
               platform=jax.devices()[0].platform)
 
 

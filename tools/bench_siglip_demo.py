@@ -39,7 +39,7 @@ def main():
   first, speeds = speeds[0], speeds[1:] or speeds
   window = min(config.log_training_steps, args.steps)
   print(f"first {window} steps (with compilation): {first:.2f} steps/s")
-  if len(speeds) == 1 and args.steps <= config.log_training_steps:
+  if args.steps <= config.log_training_steps:  # One logged window only.
     print(f"(one logging window of {window} steps: the figures below include "
           f"compilation; use --steps > {config.log_training_steps})")
   print(f"siglip_demo batch {args.batch}, {args.devices} device(s), "
