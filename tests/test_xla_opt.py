@@ -43,7 +43,29 @@ def test_fast_and_optimised_code_agree_to_rounding(dtype, rtol, monkeypatch):
   with xla_opt.optimized():
     optimised = jax.jit(_program)(x, w)
   assert jax.jit is spy
-  assert options == [{"xla_backend_optimization_level": 3}]
+  # One plain jit (for calls nested in another trace), one optimised.
+  assert options == [None, {"xla_backend_optimization_level": 3}]
   for a, b in zip(fast, optimised):
     np.testing.assert_allclose(np.asarray(a, np.float32),
                                np.asarray(b, np.float32), rtol=rtol, atol=rtol)
+
+
+def test_jits_made_inside_nest_in_each_other():
+  """jax takes compiler options on top-level programs only: a library's jit
+  created inside the context (a lazily imported module's decorator) and
+  called inside the train step's trace must run as a plain nested jit."""
+  x = jnp.arange(4, dtype=jnp.float32)
+  with xla_opt.optimized():
+    inner = jax.jit(lambda v: v * 2.0)
+    outer = jax.jit(lambda v: inner(v) + 1.0)
+
+    @jax.jit(static_argnames="k")
+    def scaled(v, k):
+      return inner(v) * k
+
+    np.testing.assert_array_equal(outer(x), 2 * np.arange(4) + 1)
+    np.testing.assert_array_equal(inner(x), 2 * np.arange(4))
+    np.testing.assert_array_equal(scaled(x, k=3), 6 * np.arange(4))
+    # The AOT path (train.py compiles its step ahead) is the optimised jit.
+    np.testing.assert_array_equal(outer.lower(x).compile()(x),
+                                  2 * np.arange(4) + 1)

@@ -20,6 +20,7 @@ they compare their numbers with:
   env = xla_opt.optimized_env()          # for a trainer run as a subprocess
 """
 import contextlib
+import functools
 import os
 
 FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
@@ -35,21 +36,56 @@ PATIENT_COLLECTIVES_FLAGS = (
 _DEFAULT_LEVEL = {"xla_backend_optimization_level": 3}
 
 
+class _TopLevelOptimized:
+  """A jitted function that compiles at XLA's default level when it is called
+  (or lowered) as a top-level program, and like a plain `jax.jit` when it is
+  called inside another trace.
+
+  jax refuses `compiler_options` on a nested jit. Libraries create jits
+  inside `optimized()` too (optax, flax and big_vision modules imported
+  lazily, their module-level decorators included), and those end up nested
+  in the train step: passing options to every jit made a test that first
+  imported the trainer inside the context fail (ValueError from optax's
+  `tree_bias_correction`) when it ran alone, and pass after other tests.
+  """
+
+  def __init__(self, plain, optimized_fn):
+    self._plain = plain
+    self._optimized = optimized_fn
+
+  def __call__(self, *args, **kwargs):
+    import jax  # pylint: disable=g-import-not-at-top
+    nested = any(isinstance(x, jax.core.Tracer)
+                 for x in jax.tree.leaves((args, kwargs)))
+    return (self._plain if nested else self._optimized)(*args, **kwargs)
+
+  def __get__(self, obj, objtype=None):  # Decorated methods.
+    return self if obj is None else functools.partial(self, obj)
+
+  def __getattr__(self, name):  # .lower, .trace, .eval_shape, ...
+    return getattr(self._optimized, name)
+
+
 @contextlib.contextmanager
 def optimized():
   """`jax.jit` calls made inside compile at XLA's default optimisation.
 
   Per-program compiler options override $XLA_FLAGS; jits created before
-  (module-level decorators) keep the fast-compile level. Patches `jax.jit`
-  for the process: one test at a time (xdist workers are processes).
+  (module-level decorators) keep the fast-compile level, and so do jits
+  called inside another jit's trace (jax takes options on top-level
+  programs only). Patches `jax.jit` for the process: one test at a time
+  (xdist workers are processes).
   """
   import jax  # pylint: disable=g-import-not-at-top
   real_jit = jax.jit
 
-  def jit(*args, compiler_options=None, **kw):
-    return real_jit(*args, compiler_options={**_DEFAULT_LEVEL,
-                                             **(compiler_options or {})},
-                    **kw)
+  def jit(fun=None, /, *, compiler_options=None, **kw):
+    if fun is None:  # @jax.jit(static_argnames=...) as a decorator factory.
+      return functools.partial(jit, compiler_options=compiler_options, **kw)
+    options = {**_DEFAULT_LEVEL, **(compiler_options or {})}
+    return _TopLevelOptimized(
+        real_jit(fun, compiler_options=compiler_options, **kw),
+        real_jit(fun, compiler_options=options, **kw))
 
   jax.jit = jit
   try:
