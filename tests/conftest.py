@@ -2,9 +2,9 @@
 
 Eight virtual CPU devices, so that data-parallel and sharded code paths are
 exercised on every run (DESIGN.md: multi-device behaviour is tested with
-`--xla_force_host_platform_device_count=8`), compiling at LLVM's -O0 except
-where a test trains long enough to need optimised code (xla_opt.py). Must run
-before jax is imported.
+`--xla_force_host_platform_device_count=8`), compiling fast (LLVM's -O0,
+XLA's CPU element-wise emitters) except where a test trains long enough to
+need optimised code (xla_opt.py). Must run before jax is imported.
 """
 import os
 
@@ -12,10 +12,11 @@ import xla_opt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # XLA flags of the test processes (and of the trainers they launch, which
 # inherit $XLA_FLAGS unless the test sets its own); a flag already in
-# $XLA_FLAGS is left as it is. The fast-compile level and the tests exempt
-# from it: xla_opt.py.
+# $XLA_FLAGS is left as it is. The fast-compile settings and the tests exempt
+# from them: xla_opt.py.
 for _flag in ("--xla_force_host_platform_device_count=8",
-              xla_opt.FAST_COMPILE_FLAG, *xla_opt.PATIENT_COLLECTIVES_FLAGS):
+              *xla_opt.FAST_COMPILE_FLAGS,
+              *xla_opt.PATIENT_COLLECTIVES_FLAGS):
   if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " +
                                _flag).strip()

@@ -1,5 +1,5 @@
-"""The suite's fast-compile level (tests/xla_opt.py) changes numbers only at
-float rounding: the same HLO, machine code that may order a reduction's
+"""The suite's fast-compile settings (tests/xla_opt.py) change numbers only
+at float rounding: the same HLO, machine code that may order a reduction's
 additions differently (measured: 1 ulp on 6 of 48 float32 column sums)."""
 import os
 
@@ -18,10 +18,10 @@ def _program(x, w):
 
 def test_test_processes_compile_fast_and_trainers_inherit_it():
   flags = os.environ["XLA_FLAGS"].split()
-  assert xla_opt.FAST_COMPILE_FLAG in flags
+  assert set(xla_opt.FAST_COMPILE_FLAGS) <= set(flags)
   env = xla_opt.optimized_env()
   assert env["XLA_FLAGS"].split() == [
-      f for f in flags if f != xla_opt.FAST_COMPILE_FLAG]
+      f for f in flags if f not in xla_opt.FAST_COMPILE_FLAGS]
   assert "--xla_force_host_platform_device_count=8" in env["XLA_FLAGS"]
 
 
@@ -44,7 +44,8 @@ def test_fast_and_optimised_code_agree_to_rounding(dtype, rtol, monkeypatch):
     optimised = jax.jit(_program)(x, w)
   assert jax.jit is spy
   # One plain jit (for calls nested in another trace), one optimised.
-  assert options == [None, {"xla_backend_optimization_level": 3}]
+  assert options == [None, {"xla_backend_optimization_level": 3,
+                            "xla_cpu_use_fusion_emitters": True}]
   for a, b in zip(fast, optimised):
     np.testing.assert_allclose(np.asarray(a, np.float32),
                                np.asarray(b, np.float32), rtol=rtol, atol=rtol)
