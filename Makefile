@@ -27,7 +27,9 @@ demo: $(STAMP)
 # the trainers it launches, on tf.data, on the GIL while another of its own
 # threads compiles), and a third keeps both cores busy. Measured on the
 # 2-core dev machine: 1038 s of pytest with -n 3, 98% of both cores (user +
-# sys); -n 2 left ~10% idle (1198 s the day before).
+# sys); -n 2 left ~10% idle (1198 s the day before). With faster compiles
+# (tests/xla_opt.py): 844 s, 183% of the 2 cores; the largest module
+# (test_recipes_as_written.py, ~480 CPU-s) runs on one process for most of it.
 TEST_WORKERS ?= 3
 
 test: $(STAMP)
