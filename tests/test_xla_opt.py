@@ -16,6 +16,14 @@ def _program(x, w):
   return h.sum(axis=0), jnp.max(h, axis=1), jax.nn.softmax(h, axis=-1)
 
 
+def test_an_unknown_flag_is_told_apart_from_the_emitter_flag():
+  """What decides, on a jaxlib other than the measured one, whether the
+  test processes get the emitter flag (XLA refuses to start on a flag it
+  does not know)."""
+  assert xla_opt.xla_accepts(xla_opt.EMITTER_FLAG)
+  assert not xla_opt.xla_accepts("--xla_cpu_no_such_option_for_this_test=1")
+
+
 def test_test_processes_compile_fast_and_trainers_inherit_it():
   flags = os.environ["XLA_FLAGS"].split()
   assert set(xla_opt.FAST_COMPILE_FLAGS) <= set(flags)
@@ -44,8 +52,8 @@ def test_fast_and_optimised_code_agree_to_rounding(dtype, rtol, monkeypatch):
     optimised = jax.jit(_program)(x, w)
   assert jax.jit is spy
   # One plain jit (for calls nested in another trace), one optimised.
-  assert options == [None, {"xla_backend_optimization_level": 3,
-                            "xla_cpu_use_fusion_emitters": True}]
+  assert options == [None, xla_opt.DEFAULT_OPTIONS]
+  assert xla_opt.DEFAULT_OPTIONS["xla_backend_optimization_level"] == 3
   for a, b in zip(fast, optimised):
     np.testing.assert_allclose(np.asarray(a, np.float32),
                                np.asarray(b, np.float32), rtol=rtol, atol=rtol)

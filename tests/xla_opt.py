@@ -31,10 +31,36 @@ does everything they compare their numbers with:
 """
 import contextlib
 import functools
+import importlib.metadata
 import os
+import subprocess
+import sys
 
-FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0",
-                      "--xla_cpu_use_fusion_emitters=false")
+LEVEL_FLAG = "--xla_backend_optimization_level=0"
+EMITTER_FLAG = "--xla_cpu_use_fusion_emitters=false"
+# The jaxlib series the emitter flag was measured on. It is an XLA debug
+# option, which a later jaxlib may drop, and XLA refuses to start on a flag
+# it does not know: another jaxlib gets it only if a throwaway process
+# (~1.5 s) starts with it.
+MEASURED_JAXLIB = "0.10."
+
+
+def xla_accepts(flag: str) -> bool:
+  """Whether a jax process on this jaxlib starts with `flag` in $XLA_FLAGS."""
+  env = dict(os.environ, XLA_FLAGS=flag, JAX_PLATFORMS="cpu")
+  return subprocess.run(
+      [sys.executable, "-c", "import jax; jax.numpy.zeros(1).block_until_ready()"],
+      env=env, capture_output=True, check=False).returncode == 0
+
+
+def _emitter_flag_known() -> bool:
+  if importlib.metadata.version("jaxlib").startswith(MEASURED_JAXLIB):
+    return True
+  return xla_accepts(EMITTER_FLAG)
+
+
+_EMITTERS = _emitter_flag_known()
+FAST_COMPILE_FLAGS = (LEVEL_FLAG,) + ((EMITTER_FLAG,) if _EMITTERS else ())
 # XLA aborts the process when the 8 virtual devices of a CPU collective
 # arrive more than 40 s apart (its default). On 2 cores shared by the test
 # workers and their trainers a device thread can wait that long: a whole
@@ -46,7 +72,8 @@ PATIENT_COLLECTIVES_FLAGS = (
 # XLA's own defaults for what FAST_COMPILE_FLAGS change (jaxlib's
 # DebugOptions: LLVM's aggressive -O3 on CPU, the fusion emitters).
 DEFAULT_OPTIONS = {"xla_backend_optimization_level": 3,
-                   "xla_cpu_use_fusion_emitters": True}
+                   **({"xla_cpu_use_fusion_emitters": True} if _EMITTERS
+                      else {})}
 
 
 class _TopLevelOptimized:
