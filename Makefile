@@ -28,7 +28,7 @@ demo: $(STAMP)
 # threads compiles), and a third keeps both cores busy. Measured on the
 # 2-core dev machine: 1038 s of pytest with -n 3, 98% of both cores (user +
 # sys); -n 2 left ~10% idle (1198 s the day before). With faster compiles
-# (tests/xla_opt.py): 844 s, 183% of the 2 cores; the largest module
+# (tests/xla_opt.py): 810-844 s, 183-188% of the 2 cores; the largest module
 # (test_recipes_as_written.py, ~480 CPU-s) runs on one process for most of it.
 TEST_WORKERS ?= 3
 
