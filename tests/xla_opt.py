@@ -41,16 +41,20 @@ EMITTER_FLAG = "--xla_cpu_use_fusion_emitters=false"
 # The jaxlib series the emitter flag was measured on. It is an XLA debug
 # option, which a later jaxlib may drop, and XLA refuses to start on a flag
 # it does not know: another jaxlib gets it only if a throwaway process
-# (~1.5 s) starts with it.
+# (~0.6 s) starts with it.
 MEASURED_JAXLIB = "0.10."
+_PROBE = "import jax; jax.numpy.zeros(1).block_until_ready()"
 
 
 def xla_accepts(flag: str) -> bool:
   """Whether a jax process on this jaxlib starts with `flag` in $XLA_FLAGS."""
   env = dict(os.environ, XLA_FLAGS=flag, JAX_PLATFORMS="cpu")
-  return subprocess.run(
-      [sys.executable, "-c", "import jax; jax.numpy.zeros(1).block_until_ready()"],
-      env=env, capture_output=True, check=False).returncode == 0
+  try:
+    return subprocess.run([sys.executable, "-c", _PROBE], env=env,
+                          capture_output=True, check=False,
+                          timeout=300).returncode == 0
+  except subprocess.TimeoutExpired:
+    return False
 
 
 def _emitter_flag_known() -> bool:
