@@ -81,8 +81,8 @@ DEFAULT_OPTIONS = {"xla_backend_optimization_level": 3,
 
 
 class _TopLevelOptimized:
-  """A jitted function that compiles at XLA's default level when it is called
-  (or lowered) as a top-level program, and like a plain `jax.jit` when it is
+  """A jitted function that compiles with XLA's defaults (DEFAULT_OPTIONS)
+  when it is called (or lowered) as a top-level program, and like a plain `jax.jit` when it is
   called inside another trace (told by its arguments: one is a tracer; a
   nested call with only constant arguments would still get the options,
   and jax would say so with a ValueError).
