@@ -82,10 +82,10 @@ DEFAULT_OPTIONS = {"xla_backend_optimization_level": 3,
 
 class _TopLevelOptimized:
   """A jitted function that compiles with XLA's defaults (DEFAULT_OPTIONS)
-  when it is called (or lowered) as a top-level program, and like a plain `jax.jit` when it is
-  called inside another trace (told by its arguments: one is a tracer; a
-  nested call with only constant arguments would still get the options,
-  and jax would say so with a ValueError).
+  when it is called (or lowered) as a top-level program, and like a plain
+  `jax.jit` when it is called inside another trace (told by its arguments:
+  one is a tracer; a nested call with only constant arguments would still
+  get the options, and jax would say so with a ValueError).
 
   jax refuses `compiler_options` on a nested jit. Libraries create jits
   inside `optimized()` too (optax, flax and big_vision modules imported
