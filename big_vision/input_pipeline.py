@@ -29,7 +29,7 @@ import concurrent.futures
 import itertools
 import math
 import re
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -483,7 +483,8 @@ class InferenceBatches:
 def make_for_inference(data_config, pp: str | PpFn, batch_size: int, *,
                        process_index: int | None = None,
                        process_count: int | None = None,
-                       cache_final: bool = False
+                       cache_final: bool = False,
+                       select: Sequence[Sequence[int]] | None = None
                        ) -> tuple[InferenceBatches, int]:
   """Ordered, padded, masked per-process batches covering a split once.
 
@@ -498,6 +499,13 @@ def make_for_inference(data_config, pp: str | PpFn, batch_size: int, *,
       (data_config, pp, batch_size, process), so calling this again with
       the same arguments (a string pp, or the same pp function object)
       returns the cached batches instead of recomputing them.
+    select: only these examples: for every process (the same list on every
+      process), the increasing indices of the examples to read within that
+      process's part of the split. Skipped examples are read but neither
+      decoded nor preprocessed, and a kept one gets the `_seed` it has
+      without `select` (so random pp ops give it the same output). The
+      batches then cover the selected examples once, in the same order
+      and padded the same way as the full split's.
 
   Returns:
     (iterable over dicts of numpy [batch_size // process_count, ...] with a
@@ -506,6 +514,9 @@ def make_for_inference(data_config, pp: str | PpFn, batch_size: int, *,
   process_index, process_count = ds_core.process_info(process_index,
                                                       process_count)
   if cache_final:
+    if select is not None:
+      raise ValueError("make_for_inference: cache_final and select cannot be "
+                       "combined (the cache is of the whole split).")
     key = (repr(sorted(_as_dict(data_config).items())), pp, int(batch_size),
            process_index, process_count)
     if key not in _CACHED_INFERENCE:
@@ -519,20 +530,28 @@ def make_for_inference(data_config, pp: str | PpFn, batch_size: int, *,
   local_bs = _local_batch_size(int(batch_size), process_count)
   pp_fn = _apply_pp(get_pp_fn(pp))
   source = datasets.get(**_as_dict(data_config))
-  longest = max(source.num_examples_per_process(process_count))
-  num_batches = math.ceil(longest / local_bs)
+  part_sizes = source.num_examples_per_process(process_count)
+  wanted = None
+  if select is not None:
+    wanted = _selected(select, part_sizes, process_index)
+    part_sizes = [len(s) for s in select]
+  num_batches = math.ceil(max(part_sizes) / local_bs)
 
-  def preprocess(ds, mask):
+  def preprocess(ds, mask, wanted=None):
     # A deterministic `_seed` here too, so eval pp strings that contain
     # random ops behave the same on every run instead of failing.
-    ds = _map(ds.enumerate(), lambda i, ex: {
+    ds = ds.enumerate()
+    if wanted is not None:
+      ds = ds.filter(lambda i, ex: tf.gather(wanted, i))
+    ds = _map(ds, lambda i, ex: {
         **ex, SEED_KEY: tf.stack([tf.constant(process_index, tf.int64), i])})
     return _map(ds, lambda ex: {**pp_fn(ex), MASK_KEY: tf.constant(mask)},
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
   ds = preprocess(source.get_tfdata(ordered=True, process_split=True,
                                     process_index=process_index,
-                                    process_count=process_count), True)
+                                    process_count=process_count), True,
+                  wanted)
   specs = tf.nest.flatten(ds.element_spec)
   if all(spec.shape.is_fully_defined() for spec in specs):
     padding = tf.data.Dataset.from_tensors(tf.nest.map_structure(
@@ -549,6 +568,24 @@ def make_for_inference(data_config, pp: str | PpFn, batch_size: int, *,
   ds = ds.batch(local_bs, drop_remainder=True)
   ds = ds.with_options(_deterministic_options())
   return InferenceBatches(ds, num_batches), num_batches
+
+
+def _selected(select, part_sizes, process_index) -> tf.Tensor:
+  """`make_for_inference`'s `select`, checked: this process's [part size]
+  bool mask of the examples to keep."""
+  if len(select) != len(part_sizes):
+    raise ValueError(f"select has {len(select)} entries; expected one per "
+                     f"process ({len(part_sizes)}).")
+  for p, (indices, size) in enumerate(zip(select, part_sizes)):
+    indices = np.asarray(indices)
+    if indices.size and (np.any(np.diff(indices) <= 0) or indices[0] < 0
+                         or indices[-1] >= size):
+      raise ValueError(
+          f"select[{p}] must be increasing indices in [0, {size}) (the size "
+          f"of process {p}'s part); got {indices[:10].tolist()}...")
+  wanted = np.zeros(part_sizes[process_index], bool)
+  wanted[np.asarray(select[process_index], np.int64)] = True
+  return tf.constant(wanted)
 
 
 def to_global(batch: Mapping[str, Any], sharding: jax.sharding.Sharding

@@ -170,6 +170,49 @@ def test_inference_processes_stay_in_lockstep():
                                 np.arange(1500, 1505))
 
 
+def test_inference_select_reads_only_those_examples_with_their_seeds():
+  data = dict(name="digits", split="test[:10]")
+  full = list(ip.make_for_inference(data, ids_pp, 4, process_index=0,
+                                    process_count=1)[0])
+  full_ids = np.concatenate([b["id"] for b in full])[:10]
+  full_seeds = np.concatenate([b["seed"] for b in full])[:10]
+  batches, n = ip.make_for_inference(data, ids_pp, 4, process_index=0,
+                                     process_count=1, select=[[1, 4, 5, 9]])
+  batches = list(batches)
+  assert n == len(batches) == 1
+  np.testing.assert_array_equal(batches[0]["_mask"], [True] * 4)
+  np.testing.assert_array_equal(batches[0]["id"], full_ids[[1, 4, 5, 9]])
+  # Each example keeps the `_seed` of its place in the split.
+  np.testing.assert_array_equal(batches[0]["seed"], full_seeds[[1, 4, 5, 9]])
+
+
+def test_inference_select_over_processes_stays_in_lockstep():
+  # Parts of test[:5] over 2 processes: [0, 1, 2] and [3, 4]. Process 0
+  # keeps 3 examples, process 1 one: both give 2 batches of 2.
+  select = [[0, 1, 2], [1]]
+  out = []
+  for pi in range(2):
+    batches, n = ip.make_for_inference(
+        dict(name="digits", split="test[:5]"), ids_pp, 4, process_index=pi,
+        process_count=2, select=select)
+    assert n == 2
+    out.append(list(batches))
+  masks = [[b["_mask"].tolist() for b in bs] for bs in out]
+  assert masks == [[[True, True], [True, False]],
+                   [[True, False], [False, False]]]
+  ids = [b["id"][b["_mask"]].tolist() for bs in out for b in bs]
+  assert ids == [[1500, 1501], [1502], [1504], []]
+
+
+@pytest.mark.parametrize("select, match", [
+    ([[2, 1]], "increasing"), ([[0, 10]], r"\[0, 10\)"), ([[-1]], "increasing"),
+    ([[0], [1]], "one per process")])
+def test_inference_select_errors_name_the_bad_value(select, match):
+  with pytest.raises(ValueError, match=match):
+    ip.make_for_inference(dict(name="digits", split="test[:10]"), ids_pp, 4,
+                          process_index=0, process_count=1, select=select)
+
+
 def test_inference_images_and_cache_final():
   sk_images, _ = digits.load_sklearn_digits()
 

@@ -196,8 +196,9 @@ def compiled_predict(predict_fn, selection: str = "logits") -> Callable:
 # Shared by evaluators that loop over an inference split.
 # ----------------------------------------------------------------------------
 def eval_batches(data, pp_fn, batch_size: int, mesh,
-                 cache_final: bool = False) -> Iterator[dict]:
-  """Global, device-resident batches; each example once, padded ones masked."""
+                 cache_final: bool = False, select=None) -> Iterator[dict]:
+  """Global, device-resident batches; each example once, padded ones masked.
+  `select`: only those examples (input_pipeline.make_for_inference)."""
   from big_vision import input_pipeline  # pylint: disable=g-import-not-at-top
   from big_vision import sharding  # pylint: disable=g-import-not-at-top
   shards = sharding.num_data_shards(mesh)
@@ -205,7 +206,7 @@ def eval_batches(data, pp_fn, batch_size: int, mesh,
     raise ValueError(f"Evaluator batch_size {batch_size} is not divisible by "
                      f"the {shards} data shards of the mesh.")
   batches, _ = input_pipeline.make_for_inference(
-      dict(data), pp_fn, batch_size, cache_final=cache_final)
+      dict(data), pp_fn, batch_size, cache_final=cache_final, select=select)
   data_sharding = sharding.data_sharding(mesh)
   for batch in batches:
     yield input_pipeline.to_global(batch, data_sharding)
@@ -224,11 +225,108 @@ def to_host(x) -> np.ndarray:
 _IN_FLIGHT = 2
 
 
+def _class_indices(y: np.ndarray) -> np.ndarray:
+  """Labels as class indices ([N, C] one-hot -> argmax)."""
+  return y.argmax(-1) if y.ndim == 2 else y
+
+
+def pass_order(part_sizes, local_batch_size: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+  """Where the n-th real example of an inference pass is read: (process,
+  index within that process's part), both [N].
+
+  A global batch is the processes' local batches in process order, and each
+  local batch the next `local_batch_size` examples of the part, padding
+  after a part's end masked out (input_pipeline.make_for_inference): so
+  this is the order of the rows that `features_and_labels` returns.
+  """
+  part_sizes = np.asarray(part_sizes, np.int64)
+  num_batches = -(-int(part_sizes.max(initial=0)) // local_batch_size)
+  b, p, r = np.meshgrid(np.arange(num_batches), np.arange(len(part_sizes)),
+                        np.arange(local_batch_size), indexing="ij")
+  j = b * local_batch_size + r
+  keep = j < part_sizes[p]
+  return p[keep], j[keep]
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitLabels:
+  """The labels of a split's real examples in inference-pass order
+  (`pass_order`), and where each example is read: example n is example
+  `local_index[n]` of process `process[n]`'s part of the split.
+
+  `split_labels` reads them without the model; `select` and `positions`
+  then let a pass compute features for only some examples (fewshot_lsr
+  needs k per class, not the whole train split)."""
+  labels: np.ndarray       # [N] int64
+  process: np.ndarray      # [N]
+  local_index: np.ndarray  # [N]
+  part_sizes: tuple[int, ...]
+  local_batch_size: int
+
+  def select(self, positions) -> list[np.ndarray]:
+    """make_for_inference's `select` that reads exactly these examples."""
+    positions = np.asarray(positions, np.int64)
+    return [np.sort(self.local_index[positions][self.process[positions] == p])
+            for p in range(len(self.part_sizes))]
+
+  def positions(self, select) -> np.ndarray:
+    """The positions (into `labels`) of the rows that a pass with
+    `select` returns, in the order it returns them."""
+    p, j = pass_order([len(s) for s in select], self.local_batch_size)
+    out = np.empty(len(p), np.int64)
+    for q, size in enumerate(self.part_sizes):
+      mine = self.process == q
+      where = np.empty(size, np.int64)  # index in q's part -> position
+      where[self.local_index[mine]] = np.flatnonzero(mine)
+      rows = p == q
+      out[rows] = where[np.asarray(select[q], np.int64)[j[rows]]]
+    return out
+
+
+def split_labels(data, pp, batch_size: int, label_key: str) -> SplitLabels:
+  """The labels of every real example of a split after `pp`, read without
+  the model and without device transfers (every process gets all of them).
+
+  The pp is applied as written (a label may be made or changed by pp ops),
+  but only `label_key` is kept: TensorFlow prunes the ops that do not feed
+  it from the pass's graph, so images are not decoded for it.
+  """
+  from big_vision import input_pipeline  # pylint: disable=g-import-not-at-top
+  pp_fn = input_pipeline.get_pp_fn(pp)
+
+  def label_only(ex):
+    out = pp_fn(ex)
+    if label_key not in out:
+      raise KeyError(f"The pp output has no {label_key!r} (the evaluator's "
+                     f"label_key); it has {sorted(out)}.")
+    return {label_key: out[label_key]}
+
+  batches, _ = input_pipeline.make_for_inference(dict(data), label_only,
+                                                 batch_size)
+  local_bs = batch_size // jax.process_count()
+  rows = [np.stack([_class_indices(b[label_key]).astype(np.int64),
+                    b["_mask"].astype(np.int64)]) for b in batches]
+  local = (np.stack(rows, axis=1) if rows else  # [2, batches, local batch]
+           np.zeros((2, 0, local_bs), np.int64))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    every = np.asarray(multihost_utils.process_allgather(local))
+  else:
+    every = local[None]
+  part_sizes = tuple(int(m.sum()) for m in every[:, 1])
+  process, local_index = pass_order(part_sizes, local_bs)
+  labels = every[process, 0, local_index // local_bs, local_index % local_bs]
+  return SplitLabels(labels, process, local_index, part_sizes, local_bs)
+
+
 def features_and_labels(features_fn, params, data, pp, batch_size: int, mesh,
-                        label_key: str) -> tuple[np.ndarray, np.ndarray]:
+                        label_key: str, select=None
+                        ) -> tuple[np.ndarray, np.ndarray]:
   """(float32 [N, D] features, int64 [N] labels) of every real example of a
-  split, on the host: what the frozen-feature evaluators (fewshot_lsr, knn)
-  fit and score. One-hot labels are turned into class indices.
+  split (or of the `select`ed ones, see SplitLabels), on the host: what the
+  frozen-feature evaluators (fewshot_lsr, knn) fit and score. One-hot labels
+  are turned into class indices. Rows are in `pass_order`.
 
   A batch's features are fetched to the host only once the next
   `_IN_FLIGHT` batches are dispatched: the devices compute while the host
@@ -242,10 +340,9 @@ def features_and_labels(features_fn, params, data, pp, batch_size: int, mesh,
     mask = to_host(mask).astype(bool)
     x = to_host(feats)[mask]
     xs.append(x.reshape(len(x), -1).astype(np.float32))
-    y = to_host(labels)
-    ys.append((y.argmax(-1) if y.ndim == 2 else y)[mask])
+    ys.append(_class_indices(to_host(labels))[mask])
 
-  for batch in eval_batches(data, pp, batch_size, mesh):
+  for batch in eval_batches(data, pp, batch_size, mesh, select=select):
     pending.append((features_fn(params, batch), batch["_mask"],
                     batch[label_key]))
     if len(pending) > _IN_FLIGHT:

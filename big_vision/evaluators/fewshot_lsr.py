@@ -237,6 +237,34 @@ def fewshot_accuracy(train_x, train_y, test_x, test_y, num_classes: int,
   return float(np.mean(clf.predict(test_x) == np.asarray(test_y)))
 
 
+def draw_all_shots(train_y, num_classes: int, shots: Sequence[int],
+                   seeds: Sequence[int]) -> dict[tuple[int, int], np.ndarray]:
+  """{(k, seed): sample_shots(train_y, k, num_classes, seed)} for every k and
+  seed: the train examples a suite uses, known from the labels alone."""
+  train_y = np.asarray(train_y)
+  return {(k, seed): sample_shots(train_y, k, num_classes, seed)
+          for k in shots for seed in seeds}
+
+
+def suite_of_draws(draws: dict[tuple[int, int], np.ndarray], features_at,
+                   train_y, test_x, test_y, num_classes: int,
+                   l2_reg: float = 2.0 ** 10) -> dict[str, float]:
+  """`fewshot_suite` on given draws (`draw_all_shots`), where
+  `features_at(indices)` returns the train features of those examples:
+  the caller computes features for the drawn examples only."""
+  test_x = np.asarray(test_x, np.float32)
+  train_y, test_y = np.asarray(train_y), np.asarray(test_y)
+  accs = {draw: fewshot_accuracy(features_at(idx), train_y[idx], test_x,
+                                 test_y, num_classes, l2_reg)
+          for draw, idx in draws.items()}
+  results = {}
+  for k in dict.fromkeys(k for k, _ in draws):  # Each k's seeds, then mean.
+    mine = {seed: acc for (kk, seed), acc in accs.items() if kk == k}
+    results.update({f"{k}shot_seed{seed}": a for seed, a in mine.items()})
+    results[f"{k}shot"] = float(np.mean(list(mine.values())))
+  return results
+
+
 def fewshot_suite(train_x, train_y, test_x, test_y, num_classes: int,
                   shots: Sequence[int] = (1, 5, 10, 25),
                   seeds: Sequence[int] = (0, 1, 2),
@@ -254,19 +282,9 @@ def fewshot_suite(train_x, train_y, test_x, test_y, num_classes: int,
      f"{k}shot_seed{s}": accuracy of seed s, ...} for every k and s.
   """
   train_x = np.asarray(train_x)
-  test_x = np.asarray(test_x, np.float32)
-  train_y, test_y = np.asarray(train_y), np.asarray(test_y)
-  results = {}
-  for k in shots:
-    accs = []
-    for seed in seeds:
-      idx = sample_shots(train_y, k, num_classes, seed)
-      acc = fewshot_accuracy(train_x[idx], train_y[idx], test_x, test_y,
-                             num_classes, l2_reg)
-      results[f"{k}shot_seed{seed}"] = acc
-      accs.append(acc)
-    results[f"{k}shot"] = float(np.mean(accs))
-  return results
+  draws = draw_all_shots(train_y, num_classes, shots, seeds)
+  return suite_of_draws(draws, lambda idx: train_x[idx], train_y, test_x,
+                        test_y, num_classes, l2_reg)
 
 
 # ============================================================================
@@ -281,8 +299,13 @@ def fewshot_suite(train_x, train_y, test_x, test_y, num_classes: int,
 #       representation_layer="pre_logits")
 #
 # Metrics: "<dataset>_<k>shot" (mean over seeds) and
-# "<dataset>_<k>shot_seed<s>". Features are computed once per run and dataset
-# and reused by every (k, seed) solve, which runs on the host CPU.
+# "<dataset>_<k>shot_seed<s>". The shots are drawn from the train split's
+# labels, which are read once per process without the model
+# (common.split_labels); then features are computed for the drawn train
+# examples only (at most max(shots) * classes * seeds of them, a fraction of
+# most train splits) and for the whole test split, and reused by every
+# (k, seed) solve, which runs on the host CPU. The draws, and so the
+# metrics, are those of computing every train example's features.
 
 
 class Evaluator:
@@ -307,30 +330,62 @@ class Evaluator:
     self.batch_size, self.label_key = batch_size, label_key
     self.data_dir = data_dir
     self.layer = representation_layer
+    self._labels = {}  # (tfds_name, split) -> common.SplitLabels
 
     # Shared with every evaluator of the run that reads the same layer.
     layer = common.compiled_predict(predict_fn, f"out:{representation_layer}")
     self.features = lambda params, batch: layer(params, batch["image"])
 
-  def _compute(self, params, tfds_name, split, pp):
-    from big_vision.evaluators import common  # pylint: disable=g-import-not-at-top
+  def _data(self, tfds_name, split) -> dict:
     data = dict(name=tfds_name, split=split)
     if self.data_dir:
       data["data_dir"] = self.data_dir
-    return common.features_and_labels(self.features, params, data, pp,
-                                      self.batch_size, self.mesh,
-                                      self.label_key)
+    return data
+
+  def _train_labels(self, tfds_name, split):
+    """The train split's labels (after pp_train), read at the first run."""
+    from big_vision.evaluators import common  # pylint: disable=g-import-not-at-top
+    key = (tfds_name, split)
+    if key not in self._labels:
+      self._labels[key] = common.split_labels(
+          self._data(tfds_name, split), self.pp_train, self.batch_size,
+          self.label_key)
+    return self._labels[key]
+
+  def _compute(self, params, tfds_name, split, pp, select=None):
+    from big_vision.evaluators import common  # pylint: disable=g-import-not-at-top
+    return common.features_and_labels(
+        self.features, params, self._data(tfds_name, split), pp,
+        self.batch_size, self.mesh, self.label_key, select=select)
+
+  def _drawn_train_features(self, params, tfds_name, split, train, needed):
+    """[len(needed), D] features of the train examples at positions
+    `needed` (increasing) of `train` (a SplitLabels), computed for them only."""
+    select = train.select(needed)
+    x, y = self._compute(params, tfds_name, split, self.pp_train, select)
+    rows = train.positions(select)  # A permutation of `needed`.
+    if not np.array_equal(y, train.labels[rows]):
+      raise ValueError(
+          f"fewshot_lsr: the labels of {tfds_name!r} {split!r} after pp_train "
+          "differ between two reads of the split; pp_train must give every "
+          "example the same label each time.")
+    return x[np.argsort(rows)]
 
   def run(self, train_state):
     params = train_state["params"]
     for name, (tfds_name, train_split, test_split) in self.datasets.items():
-      train_x, train_y = self._compute(params, tfds_name, train_split,
-                                       self.pp_train)
+      train = self._train_labels(tfds_name, train_split)
       test_x, test_y = self._compute(params, tfds_name, test_split,
                                      self.pp_eval)
-      num_classes = int(max(train_y.max(), test_y.max())) + 1
-      results = fewshot_suite(train_x, train_y, test_x, test_y, num_classes,
-                              shots=self.shots, seeds=self.seeds,
-                              l2_reg=self.l2_reg)
+      num_classes = int(max(train.labels.max(initial=0),
+                            test_y.max(initial=0))) + 1
+      draws = draw_all_shots(train.labels, num_classes, self.shots,
+                             self.seeds)
+      needed = np.unique(np.concatenate(list(draws.values())))
+      train_x = self._drawn_train_features(params, tfds_name, train_split,
+                                           train, needed)
+      results = suite_of_draws(
+          draws, lambda idx: train_x[np.searchsorted(needed, idx)],
+          train.labels, test_x, test_y, num_classes, l2_reg=self.l2_reg)
       for key, value in results.items():
         yield f"{name}_{key}", value
