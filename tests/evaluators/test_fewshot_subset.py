@@ -129,3 +129,38 @@ def test_evaluator_matches_the_suite_on_every_train_feature(model_and_params,
                                    shots=(1, 5, 10), seeds=(0, 1, 2))
   assert got == {f"d_{k}": v for k, v in want.items()}
   assert 0.1 < got["d_10shot"] < 1.0  # Not a degenerate probe.
+
+
+def test_split_labels_over_two_processes(monkeypatch):
+  """Each process reads its part; the gathered labels are in pass order.
+  (Two processes simulated: this one is process 0 of 2, and the gather
+  returns process 1's part as that process would compute it.)"""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from big_vision import input_pipeline  # pylint: disable=g-import-not-at-top
+  data = dict(name="digits", split="test[:11]")
+  pp = lambda ex: {"label": ex["label"]}
+
+  def part_labels(process_index):
+    batches, _ = input_pipeline.make_for_inference(
+        data, pp, 4, process_index=process_index, process_count=2)
+    return [np.stack([b["label"], b["_mask"].astype(np.int64)])
+            for b in batches]
+
+  def gather(local):
+    other = np.stack(part_labels(1), axis=1)
+    np.testing.assert_array_equal(local, np.stack(part_labels(0), axis=1))
+    return np.stack([local, other])
+
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(jax, "process_index", lambda: 0)
+  monkeypatch.setattr(multihost_utils, "process_allgather", gather)
+  split = common.split_labels(data, pp, 4, "label")
+  assert split.part_sizes == (6, 5) and split.local_batch_size == 2
+  # Parts test[:11] -> [0..5] and [6..10]; batches of 2 per process.
+  from big_vision.datasets import digits  # pylint: disable=g-import-not-at-top
+  _, labels = digits.load_sklearn_digits()
+  part = [labels[1500:1506], labels[1506:1511]]
+  want = [part[p][i] for p, i in zip(*common.pass_order((6, 5), 2))]
+  np.testing.assert_array_equal(split.labels, want)
+  np.testing.assert_array_equal(
+      split.process[:6], [0, 0, 1, 1, 0, 0])  # batch 0: p0, p1; batch 1: p0
