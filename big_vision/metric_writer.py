@@ -160,6 +160,7 @@ class MetricWriter:
       supersede_after(workdir, resume_step, stamp=stamp)
       supersede_events_after(workdir, resume_step, stamp=stamp)
     try:  # TensorBoard's writer needs tensorflow (GPU boxes may lack it).
+      _wait_to_sort_after_event_files(self._files, workdir)
       self._tb = _TensorBoardScalars(workdir)
     except ImportError:
       logging.warning("tensorflow unavailable: metrics go to %s only.",
@@ -186,6 +187,37 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+
+
+def _event_file_second(name: str) -> int | None:
+  """The creation second in a TensorBoard event file's name
+  (events.out.tfevents.<seconds>.<host>.<pid>.<counter>.v2), if it has one."""
+  parts = name.split(".")
+  if len(parts) > 3 and parts[:3] == ["events", "out", "tfevents"]:
+    try:
+      return int(parts[3])
+    except ValueError:
+      return None
+  return None
+
+
+def _wait_to_sort_after_event_files(files: "_Files", workdir: str):
+  """Waits (< 1 s) until a new event file's name sorts after every existing
+  one's.
+
+  TensorBoard reads a directory's event files in name order, and a step
+  lower than one already read makes it drop the later ones (a restart). A
+  new file's name starts with the second it is created in, so it sorts
+  after the files of earlier seconds; within the same second the names
+  compare by process id and a counter as text ("...10.v2" before
+  "...9.v2"). So a writer created in the second of an existing file (the
+  events kept by a resume, rewritten just now; a second run in the same
+  process) first waits for the next second. A run resumed by a new process
+  never waits: its workdir's files are older.
+  """
+  now = time.time()
+  if any(_event_file_second(n) == int(now) for n in files.listdir(workdir)):
+    time.sleep(int(now) + 1 - now)  # (A file from a clock ahead: no wait.)
 
 
 def _line_step(line: str) -> int | None:

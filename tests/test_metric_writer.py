@@ -135,3 +135,20 @@ def test_workdir_of_an_unknown_scheme_is_refused(tmp_path, monkeypatch):
                      r"'nosuch://bucket/run' through tf.io.gfile: .*nosuch"):
     metric_writer.MetricWriter("nosuch://bucket/run", resume_step=-1)
   assert os.listdir(tmp_path) == []
+
+
+def test_a_new_event_file_sorts_after_those_of_the_same_second(tmp_path):
+  # TensorBoard reads event files in name order; within one second the names
+  # compare by a counter as text ("...10.v2" < "...9.v2"), so the writer
+  # waits for the next second when a file of the current one exists.
+  wd = str(tmp_path)
+  names = []
+  for step in range(3):
+    _write(wd, [step], 1.0)
+    new = set(n for n in os.listdir(wd) if "tfevents" in n) - set(names)
+    assert len(new) == 1
+    names += new
+  assert sorted(names) == names
+  seconds = [metric_writer._event_file_second(n) for n in names]  # pylint: disable=protected-access
+  assert seconds[0] < seconds[1] < seconds[2], names
+  assert metric_writer._event_file_second("events.out.superseded-x.1") is None  # pylint: disable=protected-access
