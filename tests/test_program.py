@@ -5,6 +5,7 @@ the logical sharding tactic through the config check, command-line duration
 overrides, the trainable-only gradient, and tools/bench.py on any config.
 """
 import os
+import re
 import subprocess
 import sys
 
@@ -201,18 +202,56 @@ def test_cli_override_of_nested_durations():
   assert (config.schedule.warmup_steps, config.evals.val.log_steps) == (5, 7)
 
 
+# `python -m big_vision.train ARGS`, as `-m` runs it (runpy, as __main__),
+# counting the cyclic garbage collections before the first step is done.
+_COUNT_COLLECTIONS = """
+import gc, logging, runpy, sys
+events = []
+gc.callbacks.append(lambda phase, info: phase == "start" and events.append(1))
+class FirstStep(logging.Handler):
+  def emit(self, record):
+    if "Launch to first step done" in record.getMessage():
+      events.append("first step")
+logging.getLogger().addHandler(FirstStep())
+sys.argv = ["big_vision.train"] + sys.argv[1:]
+try:
+  runpy.run_module("big_vision.train", run_name="__main__", alter_sys=True)
+finally:
+  print("collections before the first step:", events.index("first step"),
+        "enabled at exit:", gc.isenabled(), file=sys.stderr)
+"""
+
+
 def test_cli_total_steps_on_vit_digits_runs_that_many_steps(tmp_path):
   proc = subprocess.run(
-      [sys.executable, "-m", "big_vision.train",
+      [sys.executable, "-c", _COUNT_COLLECTIONS,
        "--config", os.path.join(CONFIGS, "vit_digits.py"),
-       "--workdir", str(tmp_path), "--config.total_steps=3",
+       "--workdir", str(tmp_path / "wd"), "--config.total_steps=3",
        "--config.log_training_steps=1"],
       capture_output=True, text=True, cwd=REPO, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "replaces config.total_epochs" in proc.stderr
-  steps = [l["step"] for l in metric_writer.read(str(tmp_path))
+  steps = [l["step"] for l in metric_writer.read(str(tmp_path / "wd"))
            if "training_loss" in l]
   assert steps == [1, 2, 3]
+  # A command-line run launches without the cyclic collector (train.py,
+  # _collect_again): a few explicit collections by libraries at most,
+  # instead of hundreds, and the collector is on again after the first step.
+  counted = re.search(r"collections before the first step: (\d+) enabled at "
+                      r"exit: (\w+)", proc.stderr)
+  assert counted, proc.stderr[-3000:]
+  assert int(counted[1]) < 20 and counted[2] == "True", counted[0]
+
+
+def test_collect_again_turns_the_collector_on_once(monkeypatch):
+  calls = []
+  monkeypatch.setattr(train.gc, "enable", lambda: calls.append("enable"))
+  train._collect_again()  # Imported as a module: the collector was left on.
+  assert not calls and not train._GC_OFF_UNTIL_FIRST_STEP
+  monkeypatch.setattr(train, "_GC_OFF_UNTIL_FIRST_STEP", True)
+  train._collect_again()
+  train._collect_again()
+  assert calls == ["enable"] and not train._GC_OFF_UNTIL_FIRST_STEP
 
 
 # ----------------------------------------------------------------------------
