@@ -14,6 +14,7 @@ evaluator, raised when evaluators are built (before training starts).
 """
 import collections
 import dataclasses
+import functools
 import inspect
 from typing import Any, Callable, Iterator
 
@@ -252,17 +253,28 @@ def pass_order(part_sizes, local_batch_size: int
 @dataclasses.dataclass(frozen=True)
 class SplitLabels:
   """The labels of a split's real examples in inference-pass order
-  (`pass_order`), and where each example is read: example n is example
-  `local_index[n]` of process `process[n]`'s part of the split.
+  (`pass_order`), and where each example is read (which follows from the
+  part sizes): example n is example `local_index[n]` of process
+  `process[n]`'s part of the split.
 
   `split_labels` reads them without the model; `select` and `positions`
   then let a pass compute features for only some examples (fewshot_lsr
   needs k per class, not the whole train split)."""
-  labels: np.ndarray       # [N] int64
-  process: np.ndarray      # [N]
-  local_index: np.ndarray  # [N]
+  labels: np.ndarray  # [N] int64
   part_sizes: tuple[int, ...]
   local_batch_size: int
+
+  @functools.cached_property
+  def _where_read(self) -> tuple[np.ndarray, np.ndarray]:
+    return pass_order(self.part_sizes, self.local_batch_size)
+
+  @property
+  def process(self) -> np.ndarray:  # [N]
+    return self._where_read[0]
+
+  @property
+  def local_index(self) -> np.ndarray:  # [N]
+    return self._where_read[1]
 
   def select(self, positions) -> list[np.ndarray]:
     """make_for_inference's `select` that reads exactly these examples."""
@@ -315,9 +327,9 @@ def split_labels(data, pp, batch_size: int, label_key: str) -> SplitLabels:
   else:
     every = local[None]
   part_sizes = tuple(int(m.sum()) for m in every[:, 1])
-  process, local_index = pass_order(part_sizes, local_bs)
-  labels = every[process, 0, local_index // local_bs, local_index % local_bs]
-  return SplitLabels(labels, process, local_index, part_sizes, local_bs)
+  p, i = pass_order(part_sizes, local_bs)
+  return SplitLabels(every[p, 0, i // local_bs, i % local_bs], part_sizes,
+                     local_bs)
 
 
 def features_and_labels(features_fn, params, data, pp, batch_size: int, mesh,

@@ -32,7 +32,9 @@ def test_select_and_positions_round_trip_over_processes():
   part_sizes, local_bs = (7, 6), 3
   process, index = common.pass_order(part_sizes, local_bs)
   labels = np.arange(len(process)) % 4
-  split = common.SplitLabels(labels, process, index, part_sizes, local_bs)
+  split = common.SplitLabels(labels, part_sizes, local_bs)
+  np.testing.assert_array_equal(split.process, process)
+  np.testing.assert_array_equal(split.local_index, index)
   rng = np.random.default_rng(0)
   for _ in range(20):
     positions = np.sort(rng.choice(len(process), rng.integers(1, 13),
