@@ -323,7 +323,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     state, info = update_fn(state, next(batches))
     if step == first_step + 1:  # Once: what a compilation cache saves.
       jax.block_until_ready(info)
-      logging.info("Launch to first step done: %.1f s.",
+      logging.info("Launch to first step done: %.2f s.",
                    time.time() - _LAUNCH_TIME)
       _collect_again()
 
