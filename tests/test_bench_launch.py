@@ -39,7 +39,12 @@ open(os.path.join(cache, "entry"), "w").close()
 seconds = {{(False, False): 10, (False, True): 4, (True, False): 8,
            (True, True): 2}}[resumed, warm]
 print("I1205 train.py:326] Launch to first step done: %.2f s." % seconds,
-      file=sys.stderr)
+      file=sys.stderr, flush=True)
+if os.environ.get("FAKE_TRAIN_ON"):  # The rest of a long run.
+  import time
+  time.sleep(float(os.environ["FAKE_TRAIN_ON"]))
+  open(os.path.join(os.path.dirname(os.environ["FAKE_CALLS"]), "finished"),
+       "w").close()
 '''
 
 
@@ -120,6 +125,18 @@ def test_resume_times_launches_that_restore_a_prepared_checkpoint(
   assert "--compilation_cache=off" in prep
   assert prep[-1] == "--config.total_steps=3"  # The last one wins.
   assert len(launches) == 5
+
+
+def test_a_launch_is_stopped_once_it_has_logged_its_figure(
+    fake_python, monkeypatch):
+  fake, calls = fake_python
+  monkeypatch.setenv("FAKE_TRAIN_ON", "5")
+  done = _run(fake, "--config", CONFIG, "--pairs", "1")
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.splitlines()[0] == (
+      "pair 1: cold 10.00 s, warm 4.00 s, warm/cold 0.400")
+  # Killed after its line: neither launch got to the end of its run.
+  assert not (calls.parent / "finished").exists()
 
 
 def test_errors_name_the_bad_value(fake_python, tmp_path):

@@ -1,24 +1,26 @@
 r"""Launch to first step, with an empty and with a warm compilation cache.
 
   python tools/bench_launch.py --config big_vision/configs/vit_digits.py \
-      [--pairs 5] [--resume] [--config.total_steps=2 ...]
+      [--pairs 5] [--resume] [--config.x=y ...]
 
 What it measures is what a user waits for: each launch is the trainer's own
 command line (`python -m big_vision.train`) in a fresh process, and the
 figure is the trainer's log line "Launch to first step done: X s" (from
 process start, imports included, to the first train step's results on the
-host). A pair is two launches of the same command that share a compilation
-cache directory, new and empty for each pair: the first ("cold") compiles
-everything and fills it, the second ("warm") reads it, as a relaunch or a
-resume does. Every launch gets a workdir of its own, so both start from the
-same state:
+host). A launch is stopped (killed) once it has logged that line, so a
+config is timed as written, whatever its length. A pair is two launches of
+the same command that share a compilation cache directory, new and empty
+for each pair: the first ("cold") compiles everything and fills it, the
+second ("warm") reads it, as a relaunch or a resume does. Every launch gets
+a workdir of its own, so both start from the same state:
 
 * default: a fresh run (init, step-0 evaluations, first step);
 * --resume: a resumed run. One preparatory launch (compilation cache off,
-  `--config.total_steps=<--resume_at>`) writes a checkpoint; each timed
-  launch starts from a copy of that workdir, so it restores instead of
-  initialising and runs no step-0 evaluations. The timed launches must run
-  past --resume_at (the config's own length, or a `--config.total_steps`).
+  `--config.total_steps=<--resume_at>`, run to its end) writes a
+  checkpoint; each timed launch starts from a copy of that workdir, so it
+  restores instead of initialising and runs no step-0 evaluations. The
+  timed launches must run past --resume_at (the config's own length, or a
+  `--config.total_steps`).
 
 Every other argument (`--config.x=y`, `--xla_opt=...`) is passed to every
 launch. Output: one line per pair, then the medians and the two ratios
@@ -78,17 +80,30 @@ class LaunchFailed(RuntimeError):
 
 
 def _launch(python: str, workdir: str, cache: str, args: list[str],
-            cwd: str) -> float:
+            cwd: str, until_line: bool = True) -> float:
+  """Runs one launch; returns its launch-to-first-step seconds.
+
+  With `until_line`, the launch is killed as soon as it has logged the
+  figure: the rest of the run (a config's whole schedule) is not what is
+  measured, and its workdir is thrown away.
+  """
   cmd = [python, "-m", "big_vision.train", "--workdir", workdir,
          f"--compilation_cache={cache}", *args]
-  done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True,
-                        check=False)
-  log = done.stdout + done.stderr
-  seconds = launch_seconds(log)
-  if done.returncode or seconds is None:
-    tail = "\n".join(log.splitlines()[-20:])
+  proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  log, seconds = [], None
+  for line in proc.stdout:
+    log.append(line)
+    seconds = seconds if seconds is not None else launch_seconds(line)
+    if seconds is not None and until_line:
+      proc.kill()
+      break
+  proc.stdout.close()
+  status = proc.wait()
+  if seconds is None or (status and not until_line):
+    tail = "".join(log[-20:]).rstrip()
     raise LaunchFailed(
-        f"{' '.join(cmd)}\nexited with status {done.returncode} "
+        f"{' '.join(cmd)}\nexited with status {status} "
         f"{'without' if seconds is None else 'after'} its launch line; the "
         f"end of its log:\n{tail}")
   return seconds
@@ -103,8 +118,9 @@ def measure(args: list[str], pairs: int, resume_at: int | None,
     start = None
     if resume_at is not None:
       start = os.path.join(tmp, "resume_from")
-      _launch(python, start, "off",
-              [*args, f"--config.total_steps={resume_at}"], cwd)
+      _launch(python, start, "off",  # Runs to its end: its checkpoint.
+              [*args, f"--config.total_steps={resume_at}"], cwd,
+              until_line=False)
     for i in range(pairs):
       cache = os.path.join(tmp, f"cache{i}")
       os.makedirs(cache)
