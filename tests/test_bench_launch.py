@@ -11,6 +11,7 @@ trainer's log line is checked in tests/test_program.py.
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -99,11 +100,13 @@ def test_each_pair_fills_a_new_cache_and_the_warm_launch_reads_it(
   lines = done.stdout.splitlines()
   assert lines[:3] == [f"pair {i}: cold 10.00 s, warm 4.00 s, warm/cold "
                        "0.400" for i in (1, 2, 3)]
-  assert lines[3:] == [
+  assert lines[3:7] == [
       "cold: median 10.00, range 10.00-10.00 s",
       "warm: median 4.00, range 4.00-4.00 s",
       "warm/cold, ratio of the medians: 0.400",
       "warm/cold, per pair: median 0.400, range 0.400-0.400"]
+  assert re.fullmatch(r"machine: \d+ CPUs, 1-minute load average [0-9.]+ "
+                      r"before the launches, [0-9.]+ after", lines[7])
   launches = [json.loads(line) for line in calls.read_text().splitlines()]
   assert len(launches) == 6
   workdirs = {a[a.index("--workdir") + 1] for a in launches}

@@ -24,9 +24,10 @@ a workdir of its own, so both start from the same state:
 
 Every other argument (`--config.x=y`, `--xla_opt=...`) is passed to every
 launch. Output: one line per pair, then the medians and the two ratios
-(of the medians, and the median of the per-pair ratios). Pairs are
-measured one after the other on an otherwise idle machine; on a loaded one
-both figures move.
+(of the medians, and the median of the per-pair ratios), and the machine's
+load average before and after. Pairs are measured one after the other; on
+a loaded machine both figures move (each launch is one busy process: a
+load average well above 1 before the launches means something else runs).
 """
 import argparse
 import dataclasses
@@ -165,6 +166,7 @@ def main(argv=None) -> int:
   if not os.path.exists(path):
     parser.error(f"--config={known.config}: no file {path!r}.")
   config = os.path.abspath(path) + colon + config_args  # Launched from root.
+  load_before = os.getloadavg()[0]
   try:
     pairs = measure([f"--config={config}", *rest], known.pairs,
                     known.resume_at if known.resume else None,
@@ -173,6 +175,9 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print("\n".join(summary(pairs)))
+  print(f"machine: {os.cpu_count()} CPUs, 1-minute load average "
+        f"{load_before:.2f} before the launches, {os.getloadavg()[0]:.2f} "
+        "after")
   return 0
 
 
