@@ -21,6 +21,10 @@ as much as compiling them, and orbax alone compiles hundreds of tiny ones
 metric program compiles in ~0.13 s and is read back in ~0.02 s, so it is
 stored (a warm `vit_digits.py` launch 0.1-0.2 s sooner than with 0.2 s,
 8 alternating launches each).
+
+The train step and the state init also go, whole, into
+<cache dir>/big_vision_executables (executable_cache.py): read from there,
+they are not even traced. It is on and off with this cache.
 """
 import os
 

@@ -33,6 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 import optax
 
+from big_vision import executable_cache
 from big_vision import models
 from big_vision import objectives
 from big_vision import optax as bv_optax
@@ -234,7 +235,9 @@ class Program:
 
   def init_state(self) -> dict:
     """A fresh, sharded train state; `config.model_init` loaded if set."""
-    state = jax.jit(self.init_fn(), out_shardings=self.shardings)(self.rng)
+    init = jax.jit(self.init_fn(), out_shardings=self.shardings)
+    state = executable_cache.load_or_compile(
+        "init", self.signature(), lambda: init.lower(self.rng))(self.rng)
     if self.config.get("model_init"):
       state["params"] = self.load_model_init(state["params"])
       state["opt"] = jax.jit(self.tx.init,
@@ -277,6 +280,17 @@ class Program:
         lambda s, h: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=h,
                                           weak_type=s.weak_type),
         self.state_shape, self.shardings)
+
+  def signature(self) -> tuple:
+    """What the programs built from this one depend on, besides the code
+    and the machine: the key of their executable_cache entries. The config,
+    and what `build` derived from the data (training set size, batch
+    shapes) and the mesh, as plain, address-free text."""
+    return (self.config.to_json_best_effort(sort_keys=True),
+            self.num_train_examples, self.total_steps, self.batch_size,
+            repr(self.batch_specs), repr(self.input_specs),
+            repr(self.trainable), repr(self.mesh), repr(self.abstract_state()),
+            repr(self.abstract_batch()))
 
   def abstract_batch(self):
     data_shd = sharding.data_sharding(self.mesh)

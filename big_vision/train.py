@@ -41,6 +41,7 @@ import numpy as np
 from big_vision import checkpoint
 from big_vision import compile_cache
 from big_vision import config_check
+from big_vision import executable_cache
 from big_vision import metric_writer
 from big_vision import program
 from big_vision import utils
@@ -65,7 +66,9 @@ def define_flags():
       "compilation_cache", "auto",
       "JAX's persistent compilation cache: 'auto' (~/.cache/big_vision/"
       "jax_cache or $BIG_VISION_COMPILATION_CACHE), a directory, or 'off'. "
-      "A resume or a second launch of the same config skips compiling.")
+      "A resume or a second launch of the same config skips compiling, "
+      "and loads its train step and init without tracing them "
+      "(<dir>/big_vision_executables).")
   flags.DEFINE_bool("distributed", None,
                     "Call jax.distributed.initialize() (multi-process runs). "
                     "Default: when JAX_COORDINATOR_ADDRESS is set.")
@@ -183,31 +186,36 @@ def _test_pause(workdir: str, step: int):
     time.sleep(0.01)
 
 
-def _compile_meanwhile(update_fn, *abstract_args) -> concurrent.futures.Future:
-  """Compiles the train step on a thread while the state is initialised
+def _compile_meanwhile(prog) -> concurrent.futures.Future:
+  """The compiled train step, on a thread, while the state is initialised
   (or restored) and the step-0 evaluations run.
 
-  XLA compiles without holding the GIL, so with an empty compilation cache
-  the step's compile runs beside the init and evaluator compiles, and with
-  a warm one its tracing, lowering and cache read overlap the evaluations.
-  The loop's first call then finds the program in jit's caches (same
-  function, same abstract signature): it is traced and compiled once.
+  A warm launch loads it whole from the executable cache (no trace, no
+  lowering: see executable_cache); otherwise it is traced, lowered and
+  compiled (XLA compiles without holding the GIL, so with an empty
+  compilation cache the compile runs beside the init and the evaluators'
+  compiles) and stored for the next launch.
   """
-  return utils.on_thread(
-      lambda: update_fn.lower(*abstract_args).compile(), "big_vision_compile")
+  def compile_step():
+    return executable_cache.load_or_compile(
+        "train_step", prog.signature(),
+        lambda: prog.update_fn.lower(prog.abstract_state(),
+                                     prog.abstract_batch()))
+  return utils.on_thread(compile_step, "big_vision_compile")
 
 
 def _join_compile(future: concurrent.futures.Future | None):
-  """Waits for `_compile_meanwhile` (if started). A failure there is only
-  logged: the first call compiles the step itself and raises the real
-  error."""
+  """The compiled step of `_compile_meanwhile`, or None (not started, or it
+  failed: that is only logged, and the first call of the jitted step
+  compiles it and raises the real error)."""
   if future is None:
-    return
+    return None
   try:
-    future.result()
+    return future.result()
   except Exception as e:  # pylint: disable=broad-except
     logging.warning("Compiling the train step ahead failed (%s: %s); it is "
                     "compiled at the first step instead.", type(e).__name__, e)
+    return None
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -230,8 +238,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   update_fn = prog.update_fn
   compiling = None  # A finished run, relaunched, has no step to compile.
   if first_step < total_steps:
-    compiling = _compile_meanwhile(update_fn, prog.abstract_state(),
-                                   prog.abstract_batch())
+    compiling = _compile_meanwhile(prog)
   # A fresh state is initialised on a thread too: its compile (or its read
   # from the compilation cache) overlaps building the input pipeline and
   # the evaluators. Nothing from here to `initializing.result()` may run a
@@ -318,9 +325,22 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   chrono.tick(first_step)
   maybe_pause(first_step)
   step = first_step
-  _join_compile(compiling)
+  step_fn = _join_compile(compiling) or update_fn
   for step in range(first_step + 1, total_steps + 1):
-    state, info = update_fn(state, next(batches))
+    batch = next(batches)
+    if step == first_step + 1 and step_fn is not update_fn:
+      try:
+        state, info = step_fn(state, batch)
+      except (TypeError, ValueError) as e:
+        # The arguments are checked before anything runs (or is donated):
+        # a state or batch that does not match the compiled signature goes
+        # to the jitted step, which compiles for what it is given.
+        logging.warning("The compiled train step does not take this state "
+                        "or batch (%s); using the jitted step.", e)
+        step_fn = update_fn
+        state, info = step_fn(state, batch)
+    else:
+      state, info = step_fn(state, batch)
     if step == first_step + 1:  # Once: what a compilation cache saves.
       jax.block_until_ready(info)
       logging.info("Launch to first step done: %.2f s.",

@@ -85,6 +85,23 @@ def pytest_unconfigure(config):
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture
+def own_compile_cache(tmp_path):
+  """A compilation cache of the test's own, empty at the start (so what the
+  test compiles is compiled, not read from the worker's cache); the
+  worker's cache settings are back afterwards. Yields its directory."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from big_vision import compile_cache  # pylint: disable=g-import-not-at-top
+  names = ("jax_compilation_cache_dir",
+           "jax_persistent_cache_min_compile_time_secs")
+  before = {n: getattr(jax.config, n) for n in names}
+  path = str(tmp_path / "own_jax_cache")
+  compile_cache.enable(path)
+  yield path
+  for n, v in before.items():
+    jax.config.update(n, v)
+
+
 @pytest.fixture(autouse=True)
 def _no_leaked_tf_global_seed():
   """Tests that call tf.random.set_seed (hand-called pp ops) leave it unset.
