@@ -1,7 +1,6 @@
 """The executable cache: a stored program runs without being traced, gives
 the same numbers, and its key changes with everything it was built from."""
 import os
-import threading
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +10,7 @@ import pytest
 from big_vision import executable_cache
 from big_vision import metric_writer
 from big_vision import train
+from test_train import TracesAndCompiles
 from test_train import flat_params
 from test_train import tiny_digits
 
@@ -129,23 +129,8 @@ def test_off_with_the_compilation_cache(cache_dir):
   assert len(traces) == 1 and not os.path.exists(cache_dir)  # jit's own cache
 
 
-class _Traces:
-  """Traces and compiles of the train step and the init, by thread."""
-
-  def __init__(self):
-    self.events = []
-
-  def __call__(self, name, secs, **kw):
-    del secs
-    kind = name.rsplit("/", 1)[-1]
-    if kind in ("jaxpr_trace_duration", "backend_compile_duration") and (
-        kw.get("fun_name") in ("update", "jit(update)", "init", "jit(init)")):
-      self.events.append((kind, kw["fun_name"].removeprefix("jit(").rstrip(")"),
-                          threading.current_thread().name))
-
-
 def _train_counting(config, workdir):
-  traces = _Traces()
+  traces = TracesAndCompiles(funs=("update", "init"))
   jax.monitoring.register_event_duration_secs_listener(traces)
   try:
     final = train.train(config, workdir)

@@ -104,18 +104,21 @@ def test_representative_runlocal_configs_train_two_steps(config_file,
   assert any(k.count("/") for l in lines for k in l), "no evaluator ran"
 
 
-class _UpdateCompiles:
-  """Threads on which jax traced and compiled the train step (`update`)."""
+class TracesAndCompiles:
+  """(kind, function, thread) of each trace and compile jax reports for the
+  functions named `funs` (the train step is `update`, the init `init`)."""
 
-  def __init__(self):
+  def __init__(self, funs=("update",)):
+    self.funs = funs
     self.events = []
 
   def __call__(self, name, secs, **kw):
     del secs
     kind = name.rsplit("/", 1)[-1]
-    if kw.get("fun_name") in ("update", "jit(update)") and kind in (
+    fun = (kw.get("fun_name") or "").removeprefix("jit(").removesuffix(")")
+    if fun in self.funs and kind in (
         "jaxpr_trace_duration", "backend_compile_duration"):
-      self.events.append((kind, threading.current_thread().name))
+      self.events.append((kind, fun, threading.current_thread().name))
 
   def take(self):
     out, self.events = self.events, []
@@ -125,7 +128,7 @@ class _UpdateCompiles:
 def test_resume_continues_from_checkpoint_and_matches_uninterrupted(
     tmp_path, monkeypatch, own_compile_cache):
   del own_compile_cache  # The fresh run compiles (and stores) its step.
-  compiles = _UpdateCompiles()
+  compiles = TracesAndCompiles()
   jax.monitoring.register_event_duration_secs_listener(compiles)
   try:
     # Uninterrupted: 6 steps.
@@ -156,9 +159,9 @@ def test_resume_continues_from_checkpoint_and_matches_uninterrupted(
   # first call with the initialised state ran that program. The resumed
   # run (the same config) loaded it from the executable cache: not even
   # traced, and it took the restored state.
-  assert sorted(kind for kind, _ in fresh) == [
+  assert sorted(kind for kind, _, _ in fresh) == [
       "backend_compile_duration", "jaxpr_trace_duration"], fresh
-  assert all(t.startswith("big_vision_compile") for _, t in fresh), fresh
+  assert all(t.startswith("big_vision_compile") for _, _, t in fresh), fresh
   assert not resumed, resumed
   assert not compiles.events, compiles.events
 
