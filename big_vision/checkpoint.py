@@ -26,7 +26,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 import time
 import threading
 import uuid
@@ -95,20 +94,7 @@ def save_params(params: Any, path: str) -> None:
     gfile.rename(tmp, path, overwrite=True)
     return
 
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp-",
-                             dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  utils.write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def load_params(path: str) -> dict:

@@ -1,7 +1,8 @@
 """Whole compiled programs on disk, so that a warm launch does not trace them.
 
   compiled = executable_cache.load_or_compile(
-      "train_step", key_parts, lambda: update_fn.lower(*abstract_args))
+      "train_step", executable_cache.key(parts),
+      lambda: update_fn.lower(*abstract_args))
   state, info = compiled(state, batch)
 
 Why: JAX's persistent compilation cache (compile_cache.py) skips XLA's
@@ -14,7 +15,7 @@ XLA executable with its argument and result trees) under a key made of
 what went into building it, so a later launch loads it without tracing.
 
 The key must change whenever the program could. It is the hash of:
-  - `key_parts` from the caller: the resolved config, the abstract
+  - `parts` from the caller: the resolved config, the abstract
     arguments (shapes, dtypes, weak types, shardings) and whatever the
     program was built from besides them (e.g. the training set's size);
   - the code: the contents of every big_vision source file, and the size
@@ -32,11 +33,10 @@ so it is on exactly when that is (--compilation_cache=off turns both off),
 and only in single-process runs: a multi-process executable spans other
 processes' devices, which jax cannot load from a file. An entry that cannot
 be read (truncated, from another jax) is compiled again and rewritten, with
-a warning; entries are written atomically (rename), never partially.
+a warning; entries are written atomically (utils.write_atomically).
 """
 import hashlib
 import importlib.util
-import io
 import os
 import pickle
 import threading
@@ -45,6 +45,8 @@ from typing import Any, Callable
 from absl import logging
 import jax
 from jax.experimental import serialize_executable
+
+from big_vision import utils
 
 SUBDIR = "big_vision_executables"
 # Environment variables that can change how programs are traced or compiled.
@@ -124,14 +126,20 @@ def fingerprint() -> str:
   return h.hexdigest()
 
 
-def entry_path(name: str, key_parts: Any) -> str | None:
-  """The file for program `name` built from `key_parts`; None when off."""
-  d = directory()
-  if d is None:
-    return None
+def key(parts: Any) -> str:
+  """The key of a program built from `parts` (see the module doc), with
+  this process's code and machine. Compute it once per program builder
+  (program.Program.executable_key): it reads the source and stats the
+  installed files."""
   h = hashlib.sha256(fingerprint().encode())
-  h.update(repr((name, key_parts)).encode())
-  return os.path.join(d, f"{name}-{h.hexdigest()[:40]}.bin")
+  h.update(repr(parts).encode())
+  return h.hexdigest()[:40]
+
+
+def entry_path(name: str, program_key: str) -> str | None:
+  """The file of program `name` under `program_key`; None when off."""
+  d = directory()
+  return None if d is None else os.path.join(d, f"{name}-{program_key}.bin")
 
 
 def _load(path: str) -> jax.stages.Compiled:
@@ -148,14 +156,9 @@ def _store(path: str, compiled: jax.stages.Compiled):
   # The devices it runs on, in order: a program for one device of eight is
   # loaded for that one.
   device_ids = [d.id for d in compiled.runtime_executable().local_devices()]
-  buf = io.BytesIO()
-  pickle.dump((in_tree, out_tree, device_ids, blob), buf,
-              protocol=pickle.HIGHEST_PROTOCOL)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(buf.getvalue())
-  os.replace(tmp, path)
+  utils.write_atomically(path, lambda f: pickle.dump(
+      (in_tree, out_tree, device_ids, blob), f,
+      protocol=pickle.HIGHEST_PROTOCOL))
 
 
 class _JaxCacheReads(threading.local):
@@ -169,17 +172,10 @@ class _JaxCacheReads(threading.local):
 
 
 _JAX_CACHE_READS = _JaxCacheReads()
-_LISTENING = []
+jax.monitoring.register_event_listener(_JAX_CACHE_READS)
 
 
-def _jax_cache_reads() -> int:
-  if not _LISTENING:  # Registered once, at the first use.
-    _LISTENING.append(True)
-    jax.monitoring.register_event_listener(_JAX_CACHE_READS)
-  return _JAX_CACHE_READS.count
-
-
-def load_or_compile(name: str, key_parts: Any,
+def load_or_compile(name: str, program_key: str,
                     lower: Callable[[], jax.stages.Lowered]
                     ) -> jax.stages.Compiled:
   """The compiled program: read from the cache, else `lower().compile()`
@@ -190,16 +186,16 @@ def load_or_compile(name: str, key_parts: Any,
   (XLA:CPU, jaxlib 0.10: "Function ..._fusion not found" when it runs), so
   that launch traces as before, and the next real compile stores it.
   """
-  path = entry_path(name, key_parts)
+  path = entry_path(name, program_key)
   if path is not None and os.path.exists(path):
     try:
       return _load(path)
     except Exception as e:  # pylint: disable=broad-except
       logging.warning("Could not load %s (%s: %s); compiling it again.",
                       path, type(e).__name__, e)
-  reads = _jax_cache_reads()
+  reads = _JAX_CACHE_READS.count
   compiled = lower().compile()
-  if path is not None and _jax_cache_reads() == reads:
+  if path is not None and _JAX_CACHE_READS.count == reads:
     try:
       _store(path, compiled)
     except Exception as e:  # pylint: disable=broad-except

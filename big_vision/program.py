@@ -237,7 +237,7 @@ class Program:
     """A fresh, sharded train state; `config.model_init` loaded if set."""
     init = jax.jit(self.init_fn(), out_shardings=self.shardings)
     state = executable_cache.load_or_compile(
-        "init", self.signature(), lambda: init.lower(self.rng))(self.rng)
+        "init", self.executable_key, lambda: init.lower(self.rng))(self.rng)
     if self.config.get("model_init"):
       state["params"] = self.load_model_init(state["params"])
       state["opt"] = jax.jit(self.tx.init,
@@ -291,6 +291,12 @@ class Program:
             repr(self.batch_specs), repr(self.input_specs),
             repr(self.trainable), repr(self.mesh), repr(self.abstract_state()),
             repr(self.abstract_batch()))
+
+  @functools.cached_property
+  def executable_key(self) -> str:
+    """The executable_cache key of this program's step and init (computed
+    once, by whichever of their threads asks first)."""
+    return executable_cache.key(self.signature())
 
   def abstract_batch(self):
     data_shd = sharding.data_sharding(self.mesh)

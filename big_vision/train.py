@@ -198,7 +198,7 @@ def _compile_meanwhile(prog) -> concurrent.futures.Future:
   """
   def compile_step():
     return executable_cache.load_or_compile(
-        "train_step", prog.signature(),
+        "train_step", prog.executable_key,
         lambda: prog.update_fn.lower(prog.abstract_state(),
                                      prog.abstract_batch()))
   return utils.on_thread(compile_step, "big_vision_compile")
@@ -328,18 +328,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   step_fn = _join_compile(compiling) or update_fn
   for step in range(first_step + 1, total_steps + 1):
     batch = next(batches)
-    if step == first_step + 1 and step_fn is not update_fn:
-      try:
-        state, info = step_fn(state, batch)
-      except (TypeError, ValueError) as e:
-        # The arguments are checked before anything runs (or is donated):
-        # a state or batch that does not match the compiled signature goes
-        # to the jitted step, which compiles for what it is given.
-        logging.warning("The compiled train step does not take this state "
-                        "or batch (%s); using the jitted step.", e)
-        step_fn = update_fn
-        state, info = step_fn(state, batch)
-    else:
+    try:
+      state, info = step_fn(state, batch)
+    except (TypeError, ValueError) as e:
+      if step_fn is update_fn or step > first_step + 1:
+        raise
+      # The arguments are checked before anything runs (or is donated): a
+      # state or batch that does not match the compiled signature goes to
+      # the jitted step, which compiles for what it is given.
+      logging.warning("The compiled train step does not take this state "
+                      "or batch (%s); using the jitted step.", e)
+      step_fn = update_fn
       state, info = step_fn(state, batch)
     if step == first_step + 1:  # Once: what a compilation cache saves.
       jax.block_until_ready(info)

@@ -7,7 +7,9 @@ import concurrent.futures
 import dataclasses
 import difflib
 import gc
+import os
 import re
+import tempfile
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -298,6 +300,27 @@ class Chrono:
       s += f", ETA {_fmt_seconds(eta)}"
     s += f", elapsed {_fmt_seconds(time.monotonic() - self.start_time)}"
     return s
+
+
+def write_atomically(path: str, write: Callable[[Any], None]):
+  """Writes the local file `path` whole or not at all: `write(f)` fills a
+  temporary file beside it (flushed to disk), which is then renamed over
+  `path`; on any failure the temporary file is removed and `path` is left
+  as it was. A reader never sees a partial file."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp-",
+                             dir=directory)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 def on_thread(fn: Callable[[], Any], name: str) -> concurrent.futures.Future:

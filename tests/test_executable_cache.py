@@ -21,6 +21,10 @@ def cache_dir(own_compile_cache):
   return os.path.join(own_compile_cache, executable_cache.SUBDIR)
 
 
+def _key(*parts):
+  return executable_cache.key(parts)
+
+
 def _traced_fn():
   traces = []
 
@@ -34,11 +38,11 @@ def test_second_load_runs_without_tracing_and_matches(cache_dir):
   x = jnp.arange(12.0).reshape(3, 4) / 10
   fn, traces = _traced_fn()
   first = executable_cache.load_or_compile(
-      "f", ("parts",), lambda: fn.lower(x, jnp.ones((4, 2))))
+      "f", _key("parts"), lambda: fn.lower(x, jnp.ones((4, 2))))
   assert len(traces) == 1 and len(os.listdir(cache_dir)) == 1
   fn2, traces2 = _traced_fn()
   second = executable_cache.load_or_compile(
-      "f", ("parts",), lambda: fn2.lower(x, jnp.ones((4, 2))))
+      "f", _key("parts"), lambda: fn2.lower(x, jnp.ones((4, 2))))
   assert not traces2  # Loaded whole: not traced, not lowered.
   y1, y2 = jnp.full((4, 2), 0.5), jnp.full((4, 2), 0.5)
   a, b = first(x, y1), second(x, y2)
@@ -54,10 +58,10 @@ def test_a_program_read_from_jaxs_cache_is_not_stored(cache_dir):
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   x = jnp.full((4, 4), 0.25)
   fn, _ = _traced_fn()
-  executable_cache.load_or_compile("f", ("a",), lambda: fn.lower(x, x))
+  executable_cache.load_or_compile("f", _key("a"), lambda: fn.lower(x, x))
   assert len(os.listdir(cache_dir)) == 1  # Compiled: stored.
   fn2, traces2 = _traced_fn()  # The same program, under another key.
-  out = executable_cache.load_or_compile("f", ("b",),
+  out = executable_cache.load_or_compile("f", _key("b"),
                                          lambda: fn2.lower(x, x))
   assert len(traces2) == 1 and len(os.listdir(cache_dir)) == 1
   assert float(out(x, jnp.full((4, 4), 0.25))["sum"]) == pytest.approx(
@@ -67,19 +71,20 @@ def test_a_program_read_from_jaxs_cache_is_not_stored(cache_dir):
 def test_key_changes_with_parts_code_and_machine(cache_dir, tmp_path,
                                                  monkeypatch):
   del cache_dir
-  base = executable_cache.entry_path("step", ("config", 1))
-  assert base == executable_cache.entry_path("step", ("config", 1))
-  assert base != executable_cache.entry_path("step", ("config", 2))
-  assert base != executable_cache.entry_path("init", ("config", 1))
+  base = executable_cache.key(("config", 1))
+  assert base == executable_cache.key(("config", 1))
+  assert base != executable_cache.key(("config", 2))
+  assert executable_cache.entry_path("step", base) != (
+      executable_cache.entry_path("init", base))
 
   # big_vision's own source, by content.
   src = tmp_path / "src"
   src.mkdir()
   (src / "m.py").write_text("A = 1\n")
   monkeypatch.setattr(executable_cache, "_PACKAGE_DIR", str(src))
-  before = executable_cache.entry_path("step", ())
+  before = _key()
   (src / "m.py").write_text("A = 2\n")
-  assert executable_cache.entry_path("step", ()) != before
+  assert _key() != before
 
   # An installed package, by size and modification time.
   site = tmp_path / "site"
@@ -87,45 +92,45 @@ def test_key_changes_with_parts_code_and_machine(cache_dir, tmp_path,
   (site / "fakepkg" / "__init__.py").write_text("B = 1\n")
   monkeypatch.syspath_prepend(str(site))
   monkeypatch.setattr(executable_cache, "PACKAGES", ("fakepkg",))
-  before = executable_cache.entry_path("step", ())
+  before = _key()
   os.utime(site / "fakepkg" / "__init__.py", ns=(1, 10**18))
-  assert executable_cache.entry_path("step", ()) != before
+  assert _key() != before
 
   # The environment XLA reads, and jax's configuration.
-  before = executable_cache.entry_path("step", ())
+  before = _key()
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=true")
-  after_env = executable_cache.entry_path("step", ())
+  after_env = _key()
   assert after_env != before
   monkeypatch.setenv("UNRELATED_VARIABLE", "x")
-  assert executable_cache.entry_path("step", ()) == after_env
+  assert _key() == after_env
   with jax.default_matmul_precision("highest"):
-    assert executable_cache.entry_path("step", ()) != after_env
+    assert _key() != after_env
 
 
 def test_unreadable_entry_is_compiled_again_and_rewritten(cache_dir):
   x = jnp.ones((2, 2))
   fn, traces = _traced_fn()
-  path = executable_cache.entry_path("f", ())
+  path = executable_cache.entry_path("f", _key())
   os.makedirs(cache_dir)
   with open(path, "wb") as f:
     f.write(b"not an executable")
-  out = executable_cache.load_or_compile("f", (), lambda: fn.lower(x, x))
+  out = executable_cache.load_or_compile("f", _key(), lambda: fn.lower(x, x))
   assert len(traces) == 1
   assert float(out(x, jnp.ones((2, 2)))["sum"]) == pytest.approx(
       4 * np.tanh(2.0))
   fn2, traces2 = _traced_fn()
-  executable_cache.load_or_compile("f", (), lambda: fn2.lower(x, x))
+  executable_cache.load_or_compile("f", _key(), lambda: fn2.lower(x, x))
   assert not traces2  # The rewritten entry loads.
   assert not [f for f in os.listdir(cache_dir) if ".tmp" in f]
 
 
 def test_off_with_the_compilation_cache(cache_dir):
   jax.config.update("jax_compilation_cache_dir", None)
-  assert executable_cache.entry_path("f", ()) is None
+  assert executable_cache.entry_path("f", _key()) is None
   fn, traces = _traced_fn()
   x = jnp.ones((2, 2))
-  executable_cache.load_or_compile("f", (), lambda: fn.lower(x, x))
-  executable_cache.load_or_compile("f", (), lambda: fn.lower(x, x))
+  executable_cache.load_or_compile("f", _key(), lambda: fn.lower(x, x))
+  executable_cache.load_or_compile("f", _key(), lambda: fn.lower(x, x))
   assert len(traces) == 1 and not os.path.exists(cache_dir)  # jit's own cache
 
 
@@ -173,7 +178,7 @@ def test_without_a_cache_the_step_is_compiled_once_ahead(tmp_path):
   finally:
     jax.config.update("jax_compilation_cache_dir", before)
   step = [(k, t) for k, f, t in traced if f == "update"]
-  # Compiled ahead on its thread; the first call found it in jit's caches.
+  # Compiled once, ahead, on its thread; the loop ran that executable.
   assert [k for k, _ in step] == ["backend_compile_duration",
                                   "jaxpr_trace_duration"], step
   assert all(t.startswith("big_vision_compile") for _, t in step), step
